@@ -1,0 +1,45 @@
+"""Embedder deployment: a NeMo TitaNet model, one 192-dim fingerprint per clip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.model_host import ModelHost, check_audio
+
+
+def _clip_count(requests: list[list[np.ndarray]]) -> int:
+    return sum(len(clips) for clips in requests)
+
+
+@serve.deployment(name="Embedder")
+class Embedder(ModelHost):
+    role = "embedder"
+    batched = ("_embed_batch",)
+
+    def _build_runner(self, model: Any, device: str, precision: str) -> Any:
+        from voxgraph.models import EmbedRunner
+
+        return EmbedRunner(model, device, precision)
+
+    async def embed(self, clips: list[np.ndarray]) -> np.ndarray:
+        """An (N, 192) float32 array, one row per clip, in order."""
+        for clip in clips:
+            check_audio(clip)
+        if not clips:
+            return np.zeros((0, 192), dtype=np.float32)
+        self._require_runner()
+        return await self._embed_batch(list(clips))
+
+    # Batch size counts clips, not requests: one chunk may bring four speakers.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_clip_count)
+    async def _embed_batch(self, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
+        flat = [clip for clips in requests for clip in clips]
+        embs = await self._run_batch(self._runner.embed, flat)
+        out, i = [], 0
+        for clips in requests:
+            out.append(np.asarray(embs[i : i + len(clips)], dtype=np.float32))
+            i += len(clips)
+        return out

@@ -1,0 +1,111 @@
+"""Shared fixtures: audio makers, and the real graph on a local Ray cluster.
+
+The `service` fixture starts Ray on 127.0.0.1, deploys `configs/tiny.yaml`
+(the same graph as production, tiny NeMo models restored from .nemo) and
+yields its URL and app handle. Nothing here mocks Ray or NeMo.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "models" / "tiny"
+SR = 16000
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """Harmonic bursts with pauses: gives the models something besides silence."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    out = np.zeros(n, dtype=np.float32)
+    pos = 0
+    while pos < n:
+        dur = int(rng.uniform(0.4, 1.6) * sr)
+        f0 = rng.uniform(90, 260)
+        seg = t[pos : pos + dur] - t[pos]
+        tone = sum(np.sin(2 * np.pi * f0 * k * seg) / k for k in range(1, 6))
+        env = np.sin(np.pi * np.linspace(0, 1, len(seg))) ** 2
+        out[pos : pos + dur] = 0.2 * tone * env + 0.01 * rng.standard_normal(len(seg))
+        pos += dur + int(rng.uniform(0.1, 0.6) * sr)
+    return out.astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_local():
+    spec = importlib.util.spec_from_file_location(
+        "serve_local", ROOT / "scripts" / "serve_local.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Service:
+    url: str
+    port: int
+    handle: object  # the app's DeploymentHandle (Ingress)
+
+    def deployment(self, name: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(name, app_name="voxgraph")
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    if not all((TINY / f).exists() for f in ("asr.nemo", "diarizer.nemo", "embedder.nemo")):
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_tiny_models.py"), "--out", str(TINY)],
+            check=True,
+        )
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def service(tiny_models, tmp_path_factory) -> Service:
+    import ray
+    import yaml
+    from ray import serve
+
+    serve_local = _serve_local()
+    config = serve_local.load_config(ROOT / "configs" / "tiny.yaml")
+    # Tighter limits than the demo so the limit tests stay small and fast.
+    settings = config["applications"][0]["args"].setdefault("settings", {})
+    settings.update({"max_upload_mb": 8, "max_audio_s": 3 * 3600})
+    path = tmp_path_factory.mktemp("config") / "tiny-test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = _free_port()
+    serve_local.start(path, num_cpus=8, port=port)
+    serve_local.wait_healthy(port, timeout_s=600)
+    yield Service(f"http://127.0.0.1:{port}", port, serve.get_app_handle("voxgraph"))
+    serve.shutdown()
+    ray.shutdown()

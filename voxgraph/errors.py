@@ -1,0 +1,75 @@
+"""Typed errors that map to one HTTP status each.
+
+They travel through Ray handles unchanged (plain picklable exceptions), so a
+Python caller of the app handle catches the same class the HTTP layer maps.
+"""
+
+from __future__ import annotations
+
+
+class VoxgraphError(Exception):
+    """Base class: `status` is the HTTP status, `code` a stable machine name."""
+
+    status: int = 400
+    code: str = "invalid_request"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
+
+class BadRequest(VoxgraphError):
+    status = 400
+    code = "invalid_request"
+
+
+class EmptyAudio(BadRequest):
+    code = "empty_audio"
+
+
+class UndecodableAudio(BadRequest):
+    code = "undecodable_audio"
+
+
+class UnsupportedMediaType(VoxgraphError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(VoxgraphError):
+    status = 413
+    code = "payload_too_large"
+
+
+class AudioTooLong(PayloadTooLarge):
+    code = "audio_too_long"
+
+
+class Unauthorized(VoxgraphError):
+    status = 401
+    code = "unauthorized"
+
+
+class ServiceUnavailable(VoxgraphError):
+    """Retryable: a model is loading, the service is overloaded or a replica died."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 5):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class ModelLoading(ServiceUnavailable):
+    code = "model_loading"
+
+
+class ModelFailed(ServiceUnavailable):
+    code = "model_failed"

@@ -1,0 +1,217 @@
+"""Output formats: one result type per operation knows how to become each format.
+
+Like pyannote's `DiarizeOutput.serialize()`: `TranscriptionOutput.render(fmt)`
+and `DiarizationOutput.render(fmt)` return either a JSON-able dict or text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxgraph.types import Segment, Transcript, Turn, Word
+
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+DIARIZATION_FORMATS = ("json", "rttm")
+
+TEXT_MEDIA_TYPES = {
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "rttm": "text/plain; charset=utf-8",
+}
+
+
+def _clock(seconds: float, sep: str) -> str:
+    # Round once to whole milliseconds so 59.9996 s becomes 00:01:00.000, not 00:00:60.000.
+    ms = max(0, round(seconds * 1000))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def srt_time(seconds: float) -> str:
+    """`HH:MM:SS,mmm` as SubRip wants it."""
+    return _clock(seconds, ",")
+
+
+def vtt_time(seconds: float) -> str:
+    """`HH:MM:SS.mmm` as WebVTT wants it."""
+    return _clock(seconds, ".")
+
+
+def _r(x: float, nd: int = 3) -> float:
+    return round(float(x), nd)
+
+
+def segments_to_srt(segments: Sequence[Segment]) -> str:
+    blocks = []
+    for i, seg in enumerate(segments, start=1):
+        text = seg.text.strip()
+        if seg.speaker:
+            text = f"[{seg.speaker}] {text}"
+        blocks.append(f"{i}\n{srt_time(seg.start)} --> {srt_time(seg.end)}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def segments_to_vtt(segments: Sequence[Segment]) -> str:
+    lines = ["WEBVTT", ""]
+    for seg in segments:
+        text = _vtt_escape(seg.text.strip())
+        if seg.speaker:
+            text = f"<v {seg.speaker}>{text}</v>"
+        lines += [f"{vtt_time(seg.start)} --> {vtt_time(seg.end)}", text, ""]
+    return "\n".join(lines)
+
+
+def segments_to_text(segments: Sequence[Segment], fallback: str) -> str:
+    """Plain text; with speakers, each speaker change starts a new `Speaker_k: ` line."""
+    if not any(s.speaker for s in segments):
+        return fallback
+    lines: list[str] = []
+    current: str | None = None
+    for seg in segments:
+        if seg.speaker != current or not lines:
+            lines.append(f"{seg.speaker}: {seg.text.strip()}")
+            current = seg.speaker
+        else:
+            lines[-1] += " " + seg.text.strip()
+    return "\n".join(lines)
+
+
+def word_json(w: Word) -> dict[str, Any]:
+    out: dict[str, Any] = {"word": w.text, "start": _r(w.start), "end": _r(w.end)}
+    if w.speaker is not None:
+        out["speaker"] = w.speaker
+    return out
+
+
+@dataclass(frozen=True)
+class TranscriptionOutput:
+    """A finished transcription, ready to be rendered in any OpenAI response format."""
+
+    transcript: Transcript
+    model: str
+    language: str | None = None
+    task: str = "transcribe"
+    granularities: tuple[str, ...] = ("segment",)
+    temperature: float = 0.0
+    diarized: bool = False
+
+    def render(self, fmt: str) -> dict[str, Any] | str:
+        t = self.transcript
+        text = segments_to_text(t.segments, t.text) if self.diarized else t.text
+        if fmt == "json":
+            out: dict[str, Any] = {"text": text}
+            if self.diarized:
+                out["segments"] = [self._segment_json(i, s) for i, s in enumerate(t.segments)]
+            return out
+        if fmt == "text":
+            return text
+        if fmt == "srt":
+            return segments_to_srt(t.segments)
+        if fmt == "vtt":
+            return segments_to_vtt(t.segments)
+        if fmt == "verbose_json":
+            out = {
+                "task": self.task,
+                "language": self.language,
+                "duration": _r(t.duration),
+                "text": t.text,
+                "model": self.model,
+            }
+            if "segment" in self.granularities or self.diarized:
+                out["segments"] = [self._segment_json(i, s) for i, s in enumerate(t.segments)]
+            if "word" in self.granularities or self.diarized:
+                out["words"] = [word_json(w) for w in t.words]
+            return out
+        raise ValueError(f"unknown response_format {fmt!r}")
+
+    def _segment_json(self, i: int, s: Segment) -> dict[str, Any]:
+        # OpenAI's segment shape, minus Whisper-only scores (avg_logprob,
+        # compression_ratio, no_speech_prob) that Parakeet has no honest value for.
+        out: dict[str, Any] = {
+            "id": i,
+            "seek": 0,
+            "start": _r(s.start),
+            "end": _r(s.end),
+            "text": s.text,
+            "tokens": [],
+            "temperature": self.temperature,
+        }
+        if s.speaker is not None:
+            out["speaker"] = s.speaker
+            out["speaker_confidence"] = (
+                None if s.speaker_confidence is None else _r(s.speaker_confidence, 4)
+            )
+        return out
+
+
+def rttm_lines(turns: Sequence[Turn], file_id: str = "audio") -> str:
+    """Standard RTTM: `SPEAKER <file> 1 <start> <dur> <NA> <NA> <speaker> <NA> <NA>`."""
+    file_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in file_id) or "audio"
+    lines = [
+        f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>"
+        for t in turns
+        if t.end > t.start
+    ]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+@dataclass(frozen=True)
+class DiarizationOutput:
+    """Speaker turns with labels and confidence, plus what produced them."""
+
+    turns: tuple[Turn, ...]
+    duration: float
+    model: str
+    device: str
+    fingerprints: dict[str, list[float]] | None = None
+    models: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speakers(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for t in self.turns:
+            seen.setdefault(str(t.speaker), None)
+        return sorted(seen, key=_speaker_sort_key)
+
+    def render(self, fmt: str, file_id: str = "audio") -> dict[str, Any] | str:
+        if fmt == "rttm":
+            return rttm_lines(self.turns, file_id)
+        if fmt != "json":
+            raise ValueError(f"unknown response_format {fmt!r}")
+        out: dict[str, Any] = {
+            "segments": [
+                {
+                    "start_s": _r(t.start),
+                    "end_s": _r(t.end),
+                    "speaker": str(t.speaker),
+                    "confidence": None if t.confidence is None else _r(t.confidence, 4),
+                }
+                for t in self.turns
+            ],
+            "speakers_detected": self.speakers,
+            "duration": _r(self.duration),
+            "model": self.model,
+            "device": self.device,
+        }
+        if self.fingerprints is not None:
+            out["fingerprints"] = self.fingerprints
+        if self.models is not None:
+            out["models"] = self.models
+        out.update(self.extra)
+        return out
+
+
+def _speaker_sort_key(label: str) -> tuple[int, str]:
+    tail = label.rsplit("_", 1)[-1]
+    return (int(tail), label) if tail.isdigit() else (math.inf, label)  # type: ignore[return-value]

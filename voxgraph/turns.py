@@ -1,0 +1,96 @@
+"""Speaker turns: parsing the diarizer's output and attaching confidence.
+
+A turn's confidence is the mean, over the frames the turn covers, of the
+assigned speaker's activity probability. Frame i covers
+[i * frame_s, (i + 1) * frame_s); a turn covers every frame it overlaps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from voxgraph.types import Turn
+
+# Boundaries come from frame indices times 0.08 and are printed rounded, so
+# "1.36" may be 16.999999 frames: snap within this tolerance before flooring.
+_FRAME_EPS = 1e-3
+
+_SEGMENT_RE = re.compile(r"^\s*(\S+)\s+(\S+)\s+speaker_(\d+)\s*$")
+
+
+def speaker_label(index: int) -> str:
+    return f"Speaker_{index}"
+
+
+def parse_nemo_segment(line: str) -> Turn:
+    """Parse Sortformer's `"start end speaker_k"` string into a Turn."""
+    m = _SEGMENT_RE.match(line)
+    if not m:
+        raise ValueError(f"unrecognised diarization segment: {line!r}")
+    start, end = float(m.group(1)), float(m.group(2))
+    return Turn(start=start, end=end, speaker=int(m.group(3)))
+
+
+def frame_span(start: float, end: float, frame_s: float, n_frames: int) -> tuple[int, int]:
+    """Indices [i0, i1) of the frames that [start, end) overlaps, clipped to the matrix."""
+    i0 = math.floor(start / frame_s + _FRAME_EPS)
+    i1 = math.ceil(end / frame_s - _FRAME_EPS)
+    return max(0, i0), min(n_frames, i1)
+
+
+def turn_confidence(probs: np.ndarray, frame_s: float, turn: Turn) -> float | None:
+    """Mean activity of the turn's speaker over the turn's frames, or None.
+
+    None only when it cannot be derived: no frames under the turn, or a
+    speaker index the matrix has no column for.
+    """
+    if not isinstance(turn.speaker, int | np.integer):
+        return None
+    if probs.ndim != 2 or not 0 <= int(turn.speaker) < probs.shape[1] or turn.end <= turn.start:
+        return None
+    i0, i1 = frame_span(turn.start, turn.end, frame_s, probs.shape[0])
+    if i1 <= i0:
+        return None
+    value = float(np.mean(probs[i0:i1, int(turn.speaker)]))
+    # Sigmoid outputs are in [0, 1]; clamp only float noise, never rescale.
+    return min(1.0, max(0.0, value))
+
+
+def with_confidence(turns: Iterable[Turn], probs: np.ndarray, frame_s: float) -> list[Turn]:
+    """New turns with `confidence` filled from the probability matrix."""
+    return [Turn(t.start, t.end, t.speaker, turn_confidence(probs, frame_s, t)) for t in turns]
+
+
+def speech_seconds(turns: Sequence[Turn]) -> dict[int | str, float]:
+    """Total turn duration per speaker (overlapping turns of one speaker counted once each)."""
+    totals: dict[int | str, float] = {}
+    for t in turns:
+        totals[t.speaker] = totals.get(t.speaker, 0.0) + max(0.0, t.end - t.start)
+    return totals
+
+
+def sorted_turns(turns: Iterable[Turn]) -> list[Turn]:
+    return sorted(turns, key=lambda t: (t.start, t.end, str(t.speaker)))
+
+
+def speaker_clips(
+    samples: np.ndarray, turns: Sequence[Turn], min_speech_s: float, sample_rate: int = 16_000
+) -> dict[int | str, np.ndarray]:
+    """Each speaker's turns' audio, concatenated, for speakers with enough speech.
+
+    Speakers under `min_speech_s` get no clip: a fingerprint from a fraction
+    of a second is noise that would mislead whoever links speakers with it.
+    """
+    pieces: dict[int | str, list[np.ndarray]] = {}
+    for t in sorted_turns(turns):
+        a = max(0, round(t.start * sample_rate))
+        b = min(len(samples), round(t.end * sample_rate))
+        if b > a:
+            pieces.setdefault(t.speaker, []).append(samples[a:b])
+    min_samples = round(min_speech_s * sample_rate)
+    clips = {spk: np.concatenate(p).astype(np.float32, copy=False) for spk, p in pieces.items()}
+    return {spk: c for spk, c in clips.items() if len(c) >= min_samples}
