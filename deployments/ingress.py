@@ -5,8 +5,6 @@ Routes only parse their form and delegate to the typed methods `transcribe`,
 `serve.get_app_handle("voxgraph")` with the same results as HTTP.
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import time
@@ -20,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from deployments.http_guards import BodyLimitMiddleware, GuardMiddleware, error_response
 from voxgraph import __version__
@@ -44,7 +43,7 @@ from voxgraph.schemas import (
     parse_options,
 )
 from voxgraph.settings import Settings
-from voxgraph.turns import speaker_clips, speaker_label, with_confidence
+from voxgraph.turns import l2_normalise, speaker_clips, speaker_label, with_confidence
 from voxgraph.types import SAMPLE_RATE, Diarization, ModelInfo, Transcript, Turn
 from voxgraph.windows import plan_windows, window_samples
 
@@ -82,6 +81,14 @@ async def _validation_error(_: Request, e: RequestValidationError) -> JSONRespon
     return error_response(BadRequest(f"invalid request: {problems}"))
 
 
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+    # A bug, not bad input: log it with its traceback, tell the client nothing internal.
+    logger.error("unhandled %s in a request", type(e).__name__, exc_info=e)
+    body = {"error": {"message": "internal error", "type": "server_error", "code": "internal"}}
+    return JSONResponse(body, status_code=500)
+
+
 def _render(result: dict[str, Any] | str, fmt: str) -> Response:
     if isinstance(result, str):
         return PlainTextResponse(result, media_type=TEXT_MEDIA_TYPES.get(fmt, "text/plain"))
@@ -89,7 +96,8 @@ def _render(result: dict[str, Any] | str, fmt: str) -> Response:
 
 
 async def _read_upload(file: UploadFile | None) -> tuple[bytes, str]:
-    if file is None or not isinstance(file, UploadFile):
+    # FastAPI hands over starlette's UploadFile (its own class is a subclass).
+    if not isinstance(file, StarletteUploadFile):
         raise BadRequest("no audio file: send it as the multipart form field 'file'")
     data = await file.read()
     if not data:
@@ -97,6 +105,13 @@ async def _read_upload(file: UploadFile | None) -> tuple[bytes, str]:
     # The name only labels RTTM lines; it never reaches a filesystem path.
     stem = PurePath(file.filename or "audio").stem or "audio"
     return data, stem
+
+
+def _owner(model: str) -> str:
+    """`nvidia` for `nvidia/...` hub names; `local` for .nemo files."""
+    if model.endswith(".nemo") or model.startswith(("/", ".")):
+        return "local"
+    return model.split("/", 1)[0] if "/" in model else "voxgraph"
 
 
 @serve.deployment(name="Ingress")
@@ -185,7 +200,7 @@ class Ingress:
             model=dinfo.model,
             device=dinfo.device,
             fingerprints={
-                speaker_label(int(s)): [round(float(x), 6) for x in _l2(e)]
+                speaker_label(int(s)): [round(float(x), 6) for x in l2_normalise(e)]
                 for s, e in zip(speakers, embs, strict=True)
             },
             models={"diarization": dinfo.model, "embedding": einfo.model},
@@ -208,8 +223,8 @@ class Ingress:
         ready = all(r["state"] == "ready" for r in report.values())
         return ready, {"status": "ready" if ready else "loading", "deployments": report}
 
-    async def describe(self) -> dict[str, Any]:
-        """Service name, models, devices and routes."""
+    async def describe(self, routes: list[str] | None = None) -> dict[str, Any]:
+        """Service name, models, devices and (from HTTP) routes."""
         infos = await asyncio.gather(*(self._model_info(r) for r in ROLES), return_exceptions=True)
         models: dict[str, Any] = {}
         for role, info in zip(ROLES, infos, strict=True):
@@ -222,10 +237,7 @@ class Ingress:
             "service": "voxgraph",
             "version": __version__,
             "models": models,
-            "routes": sorted(
-                {f"{m} {r.path}" for r in api.routes for m in getattr(r, "methods", ()) or ()}
-                - {"HEAD /docs", "HEAD /openapi.json", "HEAD /redoc", "HEAD /docs/oauth2-redirect"}
-            ),
+            "routes": routes or [],
             "limits": {
                 "max_upload_mb": self.settings.max_upload_mb,
                 "max_audio_s": self.settings.max_audio_s,
@@ -272,7 +284,7 @@ class Ingress:
             clips = speaker_clips(clip, diar.turns, s.min_fingerprint_speech_s)
             speakers = sorted(clips)
             embs = await self._embed([clips[k] for k in speakers])
-            return {int(k): _l2(e) for k, e in zip(speakers, embs, strict=True)}
+            return {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}
 
         prints = list(
             await asyncio.gather(
@@ -371,8 +383,11 @@ class Ingress:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @api.get("/", summary="Service name, models, device, routes")
-    async def http_root(self) -> JSONResponse:
-        return JSONResponse(await self.describe())
+    async def http_root(self, request: Request) -> JSONResponse:
+        # Serve re-mounts class routes on its own router; the OpenAPI view lists them all.
+        paths = request.app.openapi().get("paths", {})
+        routes = sorted(f"{m.upper()} {p}" for p, ops in paths.items() for m in ops)
+        return JSONResponse(await self.describe(routes))
 
     @api.get("/v1/models", summary="OpenAI-style model list")
     async def http_models(self) -> JSONResponse:
@@ -381,7 +396,7 @@ class Ingress:
             {
                 "id": info.model,
                 "object": "model",
-                "owned_by": info.model.split("/", 1)[0] if "/" in info.model else "voxgraph",
+                "owned_by": _owner(info.model),
                 "created": 0,
                 "role": info.role,
             }
@@ -483,9 +498,3 @@ class Ingress:
     async def http_diarize_chunk(self, file: UploadFile | None = File(None)) -> Response:
         data, _ = await _read_upload(file)
         return JSONResponse(await self.diarize_chunk(data))
-
-
-def _l2(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v

@@ -122,9 +122,10 @@ def seed_everything(seed: int) -> None:
 
 def quiet_nemo() -> None:
     """Keep NeMo's INFO/WARNING chatter about missing datasets out of the output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging as std_logging
 
+    # nv_one_logger warns while NeMo imports it: set its level before any NeMo import.
+    std_logging.getLogger("nv_one_logger").setLevel(std_logging.ERROR)
     from nemo.utils import logging as nemo_logging
 
     nemo_logging.setLevel(std_logging.ERROR)
@@ -184,6 +185,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int) -> Path:
     """Train a SentencePiece BPE tokenizer into out_dir (tokenizer.model + vocab.txt)."""
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
     write_corpus(corpus, seed, n_sentences=2000 if vocab_size <= 256 else 20000)
     tok_dir = out_dir / "tokenizer"

@@ -94,3 +94,10 @@ def speaker_clips(
     min_samples = round(min_speech_s * sample_rate)
     clips = {spk: np.concatenate(p).astype(np.float32, copy=False) for spk, p in pieces.items()}
     return {spk: c for spk, c in clips.items() if len(c) >= min_samples}
+
+
+def l2_normalise(v: np.ndarray) -> np.ndarray:
+    """Unit-length float32 copy of `v` (zero vectors stay zero)."""
+    v = np.asarray(v, dtype=np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v.copy()
