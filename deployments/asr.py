@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
-from voxgraph.types import Transcript
+from voxgraph.types import SAMPLE_RATE, Transcript
 
 
 @serve.deployment(name="ASR")
@@ -25,8 +26,11 @@ class ASR(ModelHost):
         """Text with word and segment timestamps (seconds) for one 16 kHz clip."""
         check_audio(audio)
         self._require_runner()
-        return await self._transcribe_batch(audio)
+        return await self._transcribe_batch(audio, time.perf_counter())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _transcribe_batch(self, clips: list[np.ndarray]) -> list[Transcript]:
-        return await self._run_batch(self._runner.transcribe, clips)
+    async def _transcribe_batch(
+        self, clips: list[np.ndarray], enqueued: list[float]
+    ) -> list[Transcript]:
+        audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
+        return await self._run_batch(self._runner.transcribe, clips, enqueued, audio_s)

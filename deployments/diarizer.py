@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
-from voxgraph.types import Diarization
+from voxgraph.types import SAMPLE_RATE, Diarization
 
 
 @serve.deployment(name="Diarizer")
@@ -25,8 +26,11 @@ class Diarizer(ModelHost):
         """Turns (local speaker indices) and the (frames x speakers) probabilities of one clip."""
         check_audio(audio)
         self._require_runner()
-        return await self._diarize_batch(audio)
+        return await self._diarize_batch(audio, time.perf_counter())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _diarize_batch(self, clips: list[np.ndarray]) -> list[Diarization]:
-        return await self._run_batch(self._runner.diarize, clips)
+    async def _diarize_batch(
+        self, clips: list[np.ndarray], enqueued: list[float]
+    ) -> list[Diarization]:
+        audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
+        return await self._run_batch(self._runner.diarize, clips, enqueued, audio_s)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
+from voxgraph.types import SAMPLE_RATE
 
 
 def _clip_count(requests: list[list[np.ndarray]]) -> int:
@@ -31,13 +33,16 @@ class Embedder(ModelHost):
         if not clips:
             return np.zeros((0, 192), dtype=np.float32)
         self._require_runner()
-        return await self._embed_batch(list(clips))
+        return await self._embed_batch(list(clips), time.perf_counter())
 
     # Batch size counts clips, not requests: one chunk may bring four speakers.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_clip_count)
-    async def _embed_batch(self, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
+    async def _embed_batch(
+        self, requests: list[list[np.ndarray]], enqueued: list[float]
+    ) -> list[np.ndarray]:
         flat = [clip for clips in requests for clip in clips]
-        embs = await self._run_batch(self._runner.embed, flat)
+        audio_s = sum(len(c) for c in flat) / SAMPLE_RATE
+        embs = await self._run_batch(self._runner.embed, flat, enqueued, audio_s)
         out, i = [], 0
         for clips in requests:
             out.append(np.asarray(embs[i : i + len(clips)], dtype=np.float32))

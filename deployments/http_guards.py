@@ -7,12 +7,14 @@ on the byte stream itself: nothing past the limit is ever buffered.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.metrics import ingress_metrics
 from voxgraph.errors import PayloadTooLarge, ServiceUnavailable, Unauthorized, VoxgraphError
 from voxgraph.settings import Settings
 
@@ -30,6 +32,31 @@ def error_response(e: VoxgraphError) -> JSONResponse:
     if e.status >= 500:
         body["error"]["type"] = "server_error"
     return JSONResponse(body, status_code=e.status, headers=headers)
+
+
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def http_error_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """A framework refusal (starlette HTTPException) in the service's own error shape."""
+    message = detail
+    lowered = detail.lower()
+    if status == 400 and ("multipart" in lowered or "parsing the body" in lowered):
+        # python-multipart's wording names the symptom; tell the client what to send.
+        message = (
+            f"malformed multipart body ({detail.rstrip('.')}); send the audio as "
+            "multipart/form-data with the file in the field 'file'"
+        )
+    body = {
+        "error": {
+            "message": message,
+            "type": "server_error" if status >= 500 else "invalid_request_error",
+            "code": HTTP_ERROR_CODES.get(status, "invalid_request" if status < 500 else "internal"),
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
 def _settings(scope: Scope) -> Settings:
@@ -60,6 +87,7 @@ class BodyLimitMiddleware:
         too_large = PayloadTooLarge(f"upload is over the {limit_mb:g} MB limit (MAX_UPLOAD_MB)")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            ingress_metrics().error(scope["path"], too_large.code)
             await error_response(too_large)(scope, receive, send)
             return
 
@@ -80,6 +108,7 @@ class BodyLimitMiddleware:
             if state["exceeded"]:
                 if message["type"] == "http.response.start" and not state["started"]:
                     state["started"] = True
+                    ingress_metrics().error(scope["path"], too_large.code)
                     await error_response(too_large)(scope, receive, send)
                 return
             if message["type"] == "http.response.start":
@@ -91,6 +120,7 @@ class BodyLimitMiddleware:
         except PayloadTooLarge:
             if not state["started"]:
                 state["started"] = True
+                ingress_metrics().error(scope["path"], too_large.code)
                 await error_response(too_large)(scope, receive, send)
 
 
@@ -127,6 +157,7 @@ class GuardMiddleware:
         needs_key = settings.api_keys and scope["path"] not in OPEN_PATHS and not preflight
         if needs_key and not _authorized(_header(scope, b"authorization"), settings.api_keys):
             err = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+            ingress_metrics().error(scope["path"], err.code)
             await error_response(err)(scope, receive, send)
             return
         await app(scope, receive, send)

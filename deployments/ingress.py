@@ -6,9 +6,10 @@ Routes only parse their form and delegate to the typed methods `transcribe`,
 """
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import PurePath
 from typing import Any, TypeVar
 
@@ -19,8 +20,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.http_guards import BodyLimitMiddleware, GuardMiddleware, error_response
+from deployments.http_guards import (
+    BodyLimitMiddleware,
+    GuardMiddleware,
+    error_response,
+    http_error_response,
+)
+from deployments.metrics import ingress_metrics
 from voxgraph import __version__
 from voxgraph.attribution import (
     assign_word_speakers,
@@ -45,7 +53,7 @@ from voxgraph.schemas import (
 from voxgraph.settings import Settings
 from voxgraph.turns import l2_normalise, speaker_clips, speaker_label, with_confidence
 from voxgraph.types import SAMPLE_RATE, Diarization, ModelInfo, Transcript, Turn
-from voxgraph.windows import plan_windows, window_samples
+from voxgraph.windows import Window, plan_windows, window_samples
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -74,11 +82,29 @@ async def _voxgraph_error(_: Request, e: VoxgraphError) -> JSONResponse:
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors()
-    )
-    return error_response(BadRequest(f"invalid request: {problems}"))
+async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(_problem(err) for err in e.errors())
+    err = BadRequest(f"invalid request: {problems}")
+    ingress_metrics().error(request.url.path, err.code)
+    return error_response(err)
+
+
+def _problem(err: Any) -> str:
+    field = ".".join(str(p) for p in err["loc"][1:]) or "body"
+    if field == "file":
+        # A text value where the upload belongs (base64, a data: URI, a path): say what to send.
+        return (
+            "file: must be an uploaded file (a multipart/form-data part with a filename); "
+            "base64 text, data: URIs and paths are not accepted"
+        )
+    return f"{field}: {err['msg']}"
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    # Starlette's own refusals (malformed multipart, unknown path, wrong method) in the
+    # same {"error": ...} shape as every other error, not FastAPI's bare {"detail": ...}.
+    return http_error_response(e.status_code, str(e.detail), e.headers)
 
 
 @api.exception_handler(Exception)
@@ -107,6 +133,26 @@ async def _read_upload(file: UploadFile | None) -> tuple[bytes, str]:
     return data, stem
 
 
+def _observed(route: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Count a typed operation's errors by kind, whether it came over HTTP or a handle."""
+
+    def wrap(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def run(self: Any, *args: Any, **kwargs: Any) -> T:
+            try:
+                return await method(self, *args, **kwargs)
+            except VoxgraphError as e:
+                ingress_metrics().error(route, e.code)
+                raise
+            except Exception:
+                ingress_metrics().error(route, "internal")
+                raise
+
+        return run
+
+    return wrap
+
+
 def _owner(model: str) -> str:
     """`nvidia` for `nvidia/...` hub names; `local` for .nemo files."""
     if model.endswith(".nemo") or model.startswith(("/", ".")):
@@ -131,13 +177,14 @@ class Ingress:
 
     # ------------------------------------------------------------ typed operations
 
+    @_observed("/v1/audio/transcriptions")
     async def transcribe(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
         """Transcribe (and with diarize=True, attribute speakers); same result as HTTP."""
         opts: TranscribeOptions = parse_options(TranscribeOptions, options)
         hints = self._hints(opts)
         asr = await self._model_info("asr")
         self._check_language(opts.language, asr.model)
-        samples = await self._decode(audio)
+        samples = await self._decode(audio, "/v1/audio/transcriptions")
         if opts.diarize:
             transcript, diar = await asyncio.gather(
                 self._transcribe_samples(samples), self._diarize_global(samples, hints)
@@ -155,6 +202,7 @@ class Ingress:
         )
         return out.render(opts.response_format)
 
+    @_observed("/v1/audio/translations")
     async def translate(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
         """Translation to English where the ASR model can; a clear 400 where it cannot."""
         parse_options(TranscribeOptions, options)
@@ -166,12 +214,13 @@ class Ingress:
             )
         raise BadRequest(f"translation with {asr.model!r} is not supported by this service")
 
+    @_observed("/v1/audio/diarize")
     async def diarize(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
         """Who spoke when, with speakers consistent across the whole recording."""
         file_id = str(options.pop("file_id", "audio"))
         opts: DiarizeOptions = parse_options(DiarizeOptions, options)
         hints = self._hints(opts)
-        samples = await self._decode(audio)
+        samples = await self._decode(audio, "/v1/audio/diarize")
         diar = await self._diarize_global(samples, hints)
         info = await self._model_info("diarizer")
         out = DiarizationOutput(
@@ -182,11 +231,12 @@ class Ingress:
         )
         return out.render(opts.response_format, file_id)
 
+    @_observed("/v1/audio/diarize-chunk")
     async def diarize_chunk(self, audio: bytes, **options: Any) -> dict[str, Any]:
         """Chunk-local speakers with confidence and one 192-dim fingerprint per speaker."""
         if options:
             raise BadRequest(f"diarize-chunk takes no options, got {sorted(options)}")
-        samples = await self._decode(audio)
+        samples = await self._decode(audio, "/v1/audio/diarize-chunk")
         diar = await self._call(self._handles["diarizer"].diarize.remote(samples))
         clips = speaker_clips(samples, diar.turns, self.settings.min_fingerprint_speech_s)
         speakers = sorted(clips)
@@ -246,7 +296,7 @@ class Ingress:
 
     # ------------------------------------------------------------ the pipeline
 
-    async def _decode(self, audio: bytes) -> np.ndarray:
+    async def _decode(self, audio: bytes, route: str) -> np.ndarray:
         if not isinstance(audio, bytes | bytearray | memoryview):
             raise BadRequest("audio must be the file's bytes")
         if not audio:
@@ -254,45 +304,58 @@ class Ingress:
         if len(audio) > self.settings.max_upload_mb * 1024 * 1024:
             raise PayloadTooLarge(f"upload is over the {self.settings.max_upload_mb:g} MB limit")
         # Decoding is CPU work (FFmpeg, resampling): keep the event loop free.
-        return await asyncio.to_thread(
+        samples = await asyncio.to_thread(
             decode_audio, bytes(audio), max_duration_s=self.settings.max_audio_s
         )
+        ingress_metrics().audio_received(route, len(samples) / SAMPLE_RATE)
+        return samples
 
     async def _transcribe_samples(self, samples: np.ndarray) -> Transcript:
         s = self.settings
         windows = plan_windows(len(samples) / SAMPLE_RATE, s.asr_window_s, s.asr_overlap_s)
-        parts = await asyncio.gather(
-            *(
-                self._call(self._handles["asr"].transcribe.remote(window_samples(samples, w)))
-                for w in windows
+
+        async def one(w: Window) -> Transcript:
+            return await self._call(
+                self._handles["asr"].transcribe.remote(window_samples(samples, w))
             )
-        )
-        return merge_window_transcripts(windows, list(parts))
+
+        parts = await self._bounded(one, windows)
+        return merge_window_transcripts(windows, parts)
 
     async def _diarize_global(self, samples: np.ndarray, hints: SpeakerHints) -> Diarization:
-        """Windows diarized in parallel, speakers linked by fingerprints, stitched in time."""
+        """Windows diarized and fingerprinted, speakers linked, stitched in global time."""
         s = self.settings
         windows = plan_windows(len(samples) / SAMPLE_RATE, s.diar_window_s, s.diar_overlap_s)
-        clips_per_window = [window_samples(samples, w) for w in windows]
-        diars: list[Diarization] = list(
-            await asyncio.gather(
-                *(self._call(self._handles["diarizer"].diarize.remote(c)) for c in clips_per_window)
-            )
-        )
 
-        async def fingerprints(clip: np.ndarray, diar: Diarization) -> dict[int, np.ndarray]:
+        async def one(w: Window) -> tuple[Diarization, dict[int, np.ndarray]]:
+            clip = window_samples(samples, w)
+            diar = await self._call(self._handles["diarizer"].diarize.remote(clip))
             clips = speaker_clips(clip, diar.turns, s.min_fingerprint_speech_s)
             speakers = sorted(clips)
             embs = await self._embed([clips[k] for k in speakers])
-            return {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}
+            return diar, {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}
 
-        prints = list(
-            await asyncio.gather(
-                *(fingerprints(c, d) for c, d in zip(clips_per_window, diars, strict=True))
-            )
-        )
+        results = await self._bounded(one, windows)
+        diars = [d for d, _ in results]
+        prints = [p for _, p in results]
         mappings = link_speakers(windows, diars, prints, hints, threshold=s.link_threshold)
         return stitch(windows, diars, mappings)
+
+    async def _bounded(
+        self, fn: Callable[[Window], Awaitable[T]], windows: list[Window]
+    ) -> list[T]:
+        """Run `fn` over windows, at most `max_windows_in_flight` at once, in order.
+
+        Only windows in flight sit in the object store, so a long recording
+        needs its decoded samples plus a few windows, not a second copy of itself.
+        """
+        gate = asyncio.Semaphore(self.settings.max_windows_in_flight)
+
+        async def gated(w: Window) -> T:
+            async with gate:
+                return await fn(w)
+
+        return list(await asyncio.gather(*(gated(w) for w in windows)))
 
     async def _embed(self, clips: list[np.ndarray]) -> np.ndarray:
         if not clips:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from deployments.metrics import model_metrics
 from voxgraph.errors import BadRequest, ModelFailed, ModelLoading
 from voxgraph.types import ModelInfo
 
@@ -126,9 +127,22 @@ class ModelHost:
             raise ModelFailed(f"the {self.role} model failed to load: {self._error}", 30)
         raise ModelLoading(f"the {self.role} model is still loading; retry shortly", 10)
 
-    async def _run_batch(self, fn: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+    async def _run_batch(
+        self,
+        fn: Callable[[list[Any]], Any],
+        items: list[Any],
+        enqueued: list[float],
+        audio_s: float,
+    ) -> Any:
+        """Run one batch off the event loop and record its size, queue wait and RTFx."""
+        start = time.perf_counter()
         # Inference is synchronous torch work: keep it off the replica's event loop.
-        return await asyncio.to_thread(fn, items)
+        out = await asyncio.to_thread(fn, items)
+        busy = time.perf_counter() - start
+        model_metrics(self.role).observe_batch(
+            len(items), [start - t for t in enqueued], audio_s, busy
+        )
+        return out
 
 
 def check_audio(audio: Any) -> None:

@@ -109,3 +109,39 @@ def service(tiny_models, tmp_path_factory) -> Service:
     yield Service(f"http://127.0.0.1:{port}", port, serve.get_app_handle("voxgraph"))
     serve.shutdown()
     ray.shutdown()
+
+
+def deploy_variant(service: Service, name: str, route_prefix: str, **overrides) -> str:
+    """Deploy a second copy of the tiny graph, with `overrides` merged into its args.
+
+    Lets a test run the real graph with other settings (API keys, tight queues,
+    a replica to kill) without disturbing the shared `voxgraph` app. Returns the
+    variant's base URL; remove it with `serve.delete(name)`.
+    """
+    from ray import serve
+
+    import graph
+
+    serve_local = _serve_local()
+    config = serve_local.load_config(ROOT / "configs" / "tiny.yaml")
+    args = config["applications"][0]["args"]
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(args.get(key), dict):
+            args[key] = {**args[key], **value}
+        else:
+            args[key] = value
+    serve.run(graph.build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    url = f"{service.url}{route_prefix}"
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"variant {name} not healthy")

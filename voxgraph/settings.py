@@ -27,6 +27,8 @@ class Settings(BaseModel):
     """ASR window (seconds): longer audio is transcribed in overlapping windows."""
     asr_overlap_s: float = Field(10.0, ge=0)
     """Overlap between consecutive ASR windows (seconds); words are owned by one window."""
+    max_windows_in_flight: int = Field(8, ge=1)
+    """Windows of one request sent to the models at once; bounds memory on long audio."""
     min_fingerprint_speech_s: float = Field(0.5, gt=0)
     """A speaker needs this much speech (seconds) in a chunk to get a fingerprint."""
     link_threshold: float = Field(0.5, ge=-1, le=1)

@@ -1,0 +1,553 @@
+"""`voxgraph`: push files and folders of recordings through a voxgraph service.
+
+    voxgraph transcribe meetings/ --diarize --format srt --concurrency 4
+    voxgraph diarize call.wav --format rttm --out rttm/
+    voxgraph health
+
+Each input gets one output, `<name>.<ext>` next to it (or under `--out`, with
+the folders below each input folder mirrored). A file whose output already
+exists is skipped, so an interrupted batch resumes where it stopped; outputs
+are written to a temporary file and renamed into place, so an existing output
+is always a complete one. A failing file is reported and the batch goes on;
+the exit status is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voxgraph import __version__
+from voxgraph.client import (
+    APIConnectionError,
+    AsyncVoxgraphClient,
+    VoxgraphClient,
+    VoxgraphClientError,
+    env_url,
+)
+
+# What a folder walk picks up: the containers the service decodes (libsndfile,
+# then FFmpeg). A file named explicitly on the command line is sent whatever its
+# extension: the server is the judge of what is audio.
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac",
+        ".aif", ".aiff", ".caf", ".au", ".wma", ".amr", ".3gp",
+        ".webm", ".mp4", ".m4v", ".mkv", ".mov", ".avi",
+    }
+)  # fmt: skip
+
+FORMATS = {
+    "transcribe": ("json", "txt", "srt", "vtt", "rttm"),
+    "diarize": ("json", "rttm"),
+}
+# `diarize --format json` gets its own suffix so that it never collides with (and
+# is never skipped because of) the transcript JSON of the same recording.
+SUFFIXES = {
+    ("transcribe", "json"): ".json",
+    ("transcribe", "txt"): ".txt",
+    ("transcribe", "srt"): ".srt",
+    ("transcribe", "vtt"): ".vtt",
+    ("transcribe", "rttm"): ".rttm",
+    ("diarize", "json"): ".diarize.json",
+    ("diarize", "rttm"): ".rttm",
+}
+PART_SUFFIX = ".part"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Job:
+    source: Path
+    output: Path
+    duration_s: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Outcome:
+    written: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[Job] = field(default_factory=list)
+
+
+def find_inputs(paths: Sequence[Path]) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    """Files to process as (file, the folder argument it was found under), plus problems.
+
+    Folders are walked recursively for audio/video extensions, skipping hidden
+    entries (our own `.name.part` temporaries among them). Duplicates are dropped.
+    """
+    found: list[tuple[Path, Path | None]] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, root: Path | None) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, root))
+
+    for p in paths:
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    f = Path(dirpath) / name
+                    if not name.startswith(".") and f.suffix.lower() in AUDIO_EXTENSIONS:
+                        add(f, p)
+        elif p.is_file():
+            add(p, None)
+        else:
+            problems.append(f"{p}: no such file or directory")
+    return found, problems
+
+
+def output_for(source: Path, root: Path | None, out_dir: Path | None, suffix: str) -> Path:
+    """`<name><suffix>` next to the source, or under `out_dir` mirroring the input folder."""
+    name = source.stem + suffix
+    if out_dir is None:
+        return source.with_name(name)
+    rel_parent = source.parent.relative_to(root) if root is not None else Path()
+    return out_dir / rel_parent / name
+
+
+def plan_jobs(
+    inputs: Sequence[tuple[Path, Path | None]], out_dir: Path | None, suffix: str
+) -> list[Job]:
+    jobs = [Job(src, output_for(src, root, out_dir, suffix)) for src, root in inputs]
+    # a.wav and a.mp3 in one folder would both become a.json: name such outputs
+    # after the whole source name (a.wav.json, a.mp3.json) instead.
+    by_output: dict[Path, list[Job]] = {}
+    for job in jobs:
+        by_output.setdefault(job.output, []).append(job)
+    for clash in (js for js in by_output.values() if len(js) > 1):
+        for job in clash:
+            job.output = job.output.with_name(job.source.name + suffix)
+    claimed: dict[Path, Job] = {}
+    for job in jobs:
+        if job.output in claimed:
+            job.error = f"output {job.output} is also the output of {claimed[job.output].source}"
+        else:
+            claimed[job.output] = job
+    return jobs
+
+
+def probe_duration(path: Path) -> float | None:
+    """Seconds of audio from the file's header (None if neither decoder knows it)."""
+    try:
+        import soundfile as sf
+
+        return float(sf.info(str(path)).duration)
+    except Exception:
+        pass
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            streams = container.streams.audio
+            if streams and streams[0].duration is not None and streams[0].time_base:
+                return float(streams[0].duration * streams[0].time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except Exception:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: Path, content: str) -> None:
+    """Write to a hidden temporary beside `path`, then rename it into place.
+
+    A rename within one folder is atomic, so `path` either does not exist or is
+    complete: an interrupted run never leaves a half output that a re-run skips.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_parts(path: Path, older_than: float) -> None:
+    """Temporaries a killed earlier run left beside `path` (never ones of a run in progress)."""
+    if not path.parent.is_dir():
+        return
+    for part in path.parent.glob(f".{path.name}.*{PART_SUFFIX}"):
+        try:
+            if part.stat().st_mtime < older_than:
+                part.unlink()
+        except OSError:
+            pass
+
+
+def render(result: dict[str, Any] | str) -> str:
+    if isinstance(result, str):
+        return result if not result or result.endswith("\n") else result + "\n"
+    return json.dumps(result, ensure_ascii=False, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one file turns into: a client method and its arguments."""
+
+    method: str
+    kwargs: dict[str, Any]
+
+
+def build_request(args: argparse.Namespace) -> Request:
+    hints = {
+        k: v
+        for k in ("num_speakers", "min_speakers", "max_speakers")
+        if (v := getattr(args, k, None)) is not None
+    }
+    if args.command == "diarize" or args.format == "rttm":
+        # RTTM holds speaker turns and nothing else: it comes from the diarize route.
+        fmt = "rttm" if args.format == "rttm" else "json"
+        return Request("diarize", {"response_format": fmt, **hints})
+    # Speaker hints only mean something with diarization: asking for them turns it on.
+    diarize = bool(args.diarize or hints)
+    kwargs: dict[str, Any] = {"diarize": diarize, **hints}
+    if args.language:
+        kwargs["language"] = args.language
+    if args.format == "json":
+        # A saved JSON should hold everything: segments, words, duration, model.
+        kwargs |= {
+            "response_format": "verbose_json",
+            "timestamp_granularities": ["word", "segment"],
+        }
+    else:
+        kwargs["response_format"] = "text" if args.format == "txt" else args.format
+    return Request("transcribe", kwargs)
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Reporter:
+    """Progress over files and audio seconds (rich), per-file lines, the final summary."""
+
+    def __init__(self, jobs: list[Job], *, quiet: bool, verbose: bool | None):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        # soft_wrap: long paths stay on one line in logs instead of being folded.
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        live = self.console.is_terminal and not quiet
+        # On a terminal the bars say it all; in a log, one line per file says more.
+        self.per_file = (not live) if verbose is None else verbose
+        self.quiet = quiet
+        self.total_files = len(jobs)
+        self.total_audio = sum(j.duration_s or 0.0 for j in jobs)
+        self.done_audio = 0.0
+        self.counts = {"written": 0, "skipped": 0, "failed": 0}
+        self.progress = Progress(
+            TextColumn("{task.description:>6}"),
+            BarColumn(bar_width=None),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not live,
+            transient=False,
+        )
+        self.files_task = self.progress.add_task("files", total=len(jobs), detail="")
+        self.audio_task = self.progress.add_task(
+            "audio", total=max(self.total_audio, 1e-9), detail=""
+        )
+        self._refresh()
+
+    def __enter__(self) -> Reporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _refresh(self) -> None:
+        c = self.counts
+        done = sum(c.values())
+        extra = ", ".join(f"{n} {k}" for k, n in c.items() if n and k != "written")
+        detail = f"{done}/{self.total_files}" + (f" ({extra})" if extra else "")
+        self.progress.update(self.files_task, completed=done, detail=detail)
+        self.progress.update(
+            self.audio_task,
+            completed=self.done_audio,
+            detail=f"{_clock(self.done_audio)}/{_clock(self.total_audio)}",
+        )
+
+    def finish(self, job: Job, status: str, message: str = "") -> None:
+        from rich.markup import escape
+
+        self.counts[status] += 1
+        self.done_audio += job.duration_s or 0.0
+        self._refresh()
+        if status == "failed":
+            self.console.print(f"[red]failed[/]  {escape(str(job.source))}: {escape(message)}")
+        elif self.per_file and not self.quiet:
+            self.console.print(f"{status:7} {escape(str(job.source))} -> {escape(str(job.output))}")
+
+    def summary(self, elapsed_s: float) -> None:
+        c = self.counts
+        line = (
+            f"voxgraph: {c['written']} written, {c['skipped']} skipped, {c['failed']} failed; "
+            f"{_clock(self.total_audio)} of audio in {elapsed_s:.1f} s"
+        )
+        self.console.print(("[red]" if c["failed"] else "[green]") + line + "[/]")
+
+
+async def _process(
+    client: AsyncVoxgraphClient,
+    request: Request,
+    jobs: list[Job],
+    *,
+    concurrency: int,
+    overwrite: bool,
+    reporter: Reporter,
+    run_started: float,
+) -> Outcome:
+    outcome = Outcome()
+    queue: asyncio.Queue[Job] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+
+    async def one(job: Job) -> None:
+        if job.error:
+            outcome.failed.append(job)
+            reporter.finish(job, "failed", job.error)
+            return
+        if job.output.exists() and not overwrite:
+            outcome.skipped.append(job)
+            reporter.finish(job, "skipped")
+            return
+        try:
+            method = getattr(client, request.method)
+            result = await method(job.source, filename=job.source.name, **request.kwargs)
+            await asyncio.to_thread(remove_stale_parts, job.output, run_started)
+            await asyncio.to_thread(write_atomic, job.output, render(result))
+        except Exception as e:
+            # Whatever went wrong with one file is reported; the others still get their turn.
+            expected = isinstance(e, VoxgraphClientError | OSError)
+            job.error = str(e) if expected else f"{type(e).__name__}: {e}"
+            outcome.failed.append(job)
+            reporter.finish(job, "failed", job.error)
+            return
+        outcome.written.append(job)
+        reporter.finish(job, "written")
+
+    async def worker() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return outcome
+
+
+async def _run(args: argparse.Namespace) -> int:
+    run_started = time.time()
+    t0 = time.monotonic()
+    inputs, problems = find_inputs([Path(p) for p in args.inputs])
+    for problem in problems:
+        print(f"voxgraph: {problem}", file=sys.stderr)
+    if not inputs:
+        print("voxgraph: no audio files found", file=sys.stderr)
+        return EXIT_USAGE
+    out_dir = Path(args.out) if args.out else None
+    jobs = plan_jobs(inputs, out_dir, SUFFIXES[(args.command, args.format)])
+    # Headers only, off the event loop: cheap even for long recordings.
+    durations = await asyncio.gather(*(asyncio.to_thread(probe_duration, j.source) for j in jobs))
+    for job, d in zip(jobs, durations, strict=True):
+        job.duration_s = d
+
+    request = build_request(args)
+    async with AsyncVoxgraphClient(
+        args.url, api_key=args.api_key, timeout=args.timeout, max_retries=args.retries
+    ) as client:
+        todo = [j for j in jobs if args.overwrite or not j.output.exists()]
+        if todo and not await _ready(client, args.wait):
+            return EXIT_FAILED
+        with Reporter(jobs, quiet=args.quiet, verbose=args.verbose) as reporter:
+            outcome = await _process(
+                client,
+                request,
+                jobs,
+                concurrency=args.concurrency,
+                overwrite=args.overwrite,
+                reporter=reporter,
+                run_started=run_started,
+            )
+        reporter.summary(time.monotonic() - t0)
+    return EXIT_FAILED if outcome.failed or problems else EXIT_OK
+
+
+async def _ready(client: AsyncVoxgraphClient, wait_s: float) -> bool:
+    """Fail fast when the service cannot be reached; wait (bounded) while it loads."""
+    try:
+        body = await client.health()
+        if body.get("status") != "ready":
+            print(
+                f"voxgraph: {client.base_url} is loading its models; waiting up to {wait_s:g} s",
+                file=sys.stderr,
+            )
+            await client.wait_ready(timeout_s=wait_s)
+    except (VoxgraphClientError, TimeoutError) as e:
+        hint = " (is the service running? set --url or VOXGRAPH_URL)"
+        extra = hint if isinstance(e, APIConnectionError) else ""
+        print(f"voxgraph: {client.base_url}: {e}{extra}", file=sys.stderr)
+        return False
+    return True
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        with VoxgraphClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            body = client.health()
+    except VoxgraphClientError as e:
+        print(f"voxgraph: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(body, indent=2))
+    return EXIT_OK if body.get("status") == "ready" else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxgraph",
+        description="Transcribe and diarize files and folders with a voxgraph service.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxgraph {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url", default=None, help=f"service URL (default: $VOXGRAPH_URL or {env_url()})"
+    )
+    connection.add_argument(
+        "--api-key", default=None, help="Bearer key (default: $VOXGRAPH_API_KEY)"
+    )
+    connection.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="seconds to wait for one file (1800)",
+    )
+
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS")
+    batch.add_argument(
+        "--out", metavar="DIR", help="write outputs here, mirroring input folders (default: beside)"
+    )
+    batch.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="files in flight at once (4)",
+    )
+    batch.add_argument("--overwrite", action="store_true", help="redo files that have an output")
+    batch.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="retries of a 503 (model loading, queue full) (5)",
+    )
+    batch.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for a loading service before giving up (600)",
+    )
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
+    batch.add_argument(
+        "-v",
+        "--verbose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one line per file (default: on when stderr is not a terminal)",
+    )
+    speakers = argparse.ArgumentParser(add_help=False)
+    speakers.add_argument("--num-speakers", type=_positive_int, help="exact speaker count")
+    speakers.add_argument("--min-speakers", type=_positive_int, help="at least this many")
+    speakers.add_argument("--max-speakers", type=_positive_int, help="at most this many")
+
+    t = commands.add_parser(
+        "transcribe",
+        parents=[batch, speakers, connection],
+        help="speech to text (optionally with speakers)",
+        description="Speech to text. json writes the full result (text, segments, words, "
+        "duration); txt, srt and vtt the rendered transcript; rttm the speaker turns. "
+        "Speaker hints imply --diarize.",
+    )
+    t.add_argument("--diarize", action="store_true", help="label every segment and word")
+    t.add_argument("--format", choices=FORMATS["transcribe"], default="json")
+    t.add_argument("--language", help="ISO 639-1 code (default: the model detects it)")
+
+    d = commands.add_parser(
+        "diarize",
+        parents=[batch, speakers, connection],
+        help="who spoke when",
+        description="Speaker turns with confidence, consistent across the whole file. "
+        "json is written as <name>.diarize.json, rttm as <name>.rttm.",
+    )
+    d.add_argument("--format", choices=FORMATS["diarize"], default="json")
+
+    commands.add_parser(
+        "health", parents=[connection], help="print the service's readiness (exit 1 if not ready)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return _health(args)
+    if args.min_speakers and args.max_speakers and args.min_speakers > args.max_speakers:
+        print("voxgraph: --min-speakers is larger than --max-speakers", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("voxgraph: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
