@@ -68,12 +68,30 @@ def start(
             namespace="serve",
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
         )
+    _check_gpus(schema, ray.cluster_resources().get("GPU", 0.0))
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
     )
     client.deploy_apps(schema, _blocking=False)
     del serve  # imported for its side effect of registering the Serve namespace
     return config
+
+
+def _check_gpus(schema: Any, available: float) -> None:
+    """Refuse early: a GPU share with no GPU never schedules, and Ray says nothing."""
+    wanted = [
+        f"{app.name}/{d.name}"
+        for app in schema.applications
+        for d in app.deployments
+        if isinstance(getattr(d.ray_actor_options, "num_gpus", None), int | float)
+        and d.ray_actor_options.num_gpus > 0
+    ]
+    if wanted and available <= 0:
+        raise SystemExit(
+            f"{', '.join(wanted)} ask for GPU shares but Ray sees no GPU on this machine. "
+            "Use `make demo` (tiny models on CPU), serve_config.cpu.yaml (real models on "
+            "CPU), or --num-gpus N to declare logical GPUs."
+        )
 
 
 def wait_healthy(port: int, timeout_s: float = 600) -> float:
