@@ -195,9 +195,14 @@ class AsrRunner(_Runner):
         inputs = [np.pad(audios[i], (0, max(0, min_len - audios[i].shape[0]))) for i in todo]
         if inputs:
             with self._inference():
-                hyps = self.model.transcribe(
-                    inputs, batch_size=len(inputs), timestamps=True, verbose=False
-                )
+                try:
+                    hyps = self.model.transcribe(
+                        inputs, batch_size=len(inputs), timestamps=True, verbose=False
+                    )
+                finally:
+                    # NeMo 3.0's transcribe() leaves the encoder in training mode
+                    # (dropout on) for whoever calls the model next.
+                    self.model.eval()
             # Some NeMo versions/models return (best, all) hypotheses.
             if isinstance(hyps, tuple):
                 hyps = hyps[0]
