@@ -65,6 +65,17 @@ def _settings(scope: Scope) -> Settings:
     return settings if isinstance(settings, Settings) else Settings.load()
 
 
+def route_path(scope: Scope) -> str:
+    """The path below the app's route prefix (Serve puts the prefix in root_path).
+
+    Without this, an app served at /prefix would guard /prefix/health like any route.
+    """
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -87,7 +98,7 @@ class BodyLimitMiddleware:
         too_large = PayloadTooLarge(f"upload is over the {limit_mb:g} MB limit (MAX_UPLOAD_MB)")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            ingress_metrics().error(scope["path"], too_large.code)
+            ingress_metrics().error(route_path(scope), too_large.code)
             await error_response(too_large)(scope, receive, send)
             return
 
@@ -108,7 +119,7 @@ class BodyLimitMiddleware:
             if state["exceeded"]:
                 if message["type"] == "http.response.start" and not state["started"]:
                     state["started"] = True
-                    ingress_metrics().error(scope["path"], too_large.code)
+                    ingress_metrics().error(route_path(scope), too_large.code)
                     await error_response(too_large)(scope, receive, send)
                 return
             if message["type"] == "http.response.start":
@@ -120,7 +131,7 @@ class BodyLimitMiddleware:
         except PayloadTooLarge:
             if not state["started"]:
                 state["started"] = True
-                ingress_metrics().error(scope["path"], too_large.code)
+                ingress_metrics().error(route_path(scope), too_large.code)
                 await error_response(too_large)(scope, receive, send)
 
 
@@ -154,10 +165,10 @@ class GuardMiddleware:
         settings = _settings(scope)
         app = self._with_cors(tuple(settings.cors_origins))
         preflight = scope["method"] == "OPTIONS" and _header(scope, b"origin") is not None
-        needs_key = settings.api_keys and scope["path"] not in OPEN_PATHS and not preflight
+        needs_key = settings.api_keys and route_path(scope) not in OPEN_PATHS and not preflight
         if needs_key and not _authorized(_header(scope, b"authorization"), settings.api_keys):
             err = Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
-            ingress_metrics().error(scope["path"], err.code)
+            ingress_metrics().error(route_path(scope), err.code)
             await error_response(err)(scope, receive, send)
             return
         await app(scope, receive, send)

@@ -27,6 +27,7 @@ from deployments.http_guards import (
     GuardMiddleware,
     error_response,
     http_error_response,
+    route_path,
 )
 from deployments.metrics import ingress_metrics
 from voxgraph import __version__
@@ -36,6 +37,7 @@ from voxgraph.attribution import (
     split_segments_by_speaker,
 )
 from voxgraph.audio import decode_audio
+from voxgraph.budget import AudioBudget
 from voxgraph.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, VoxgraphError
 from voxgraph.formats import TEXT_MEDIA_TYPES, DiarizationOutput, TranscriptionOutput
 from voxgraph.linking import SpeakerHints, link_speakers, stitch
@@ -85,7 +87,7 @@ async def _voxgraph_error(_: Request, e: VoxgraphError) -> JSONResponse:
 async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
     problems = "; ".join(_problem(err) for err in e.errors())
     err = BadRequest(f"invalid request: {problems}")
-    ingress_metrics().error(request.url.path, err.code)
+    ingress_metrics().error(route_path(request.scope), err.code)
     return error_response(err)
 
 
@@ -160,7 +162,9 @@ def _owner(model: str) -> str:
     return model.split("/", 1)[0] if "/" in model else "voxgraph"
 
 
-@serve.deployment(name="Ingress")
+# Requests over max_queued_requests are refused by Serve's proxy before they reach
+# a replica; the header tells clients when to come back, as our own 503s do.
+@serve.deployment(name="Ingress", backpressure_config={"status_code": 503, "retry_after_s": 1})
 @serve.ingress(api)
 class Ingress:
     def __init__(
@@ -174,6 +178,7 @@ class Ingress:
         self.settings = Settings.load(settings)
         api.state.settings = self.settings
         self._info: dict[str, tuple[float, ModelInfo]] = {}
+        self._budget = AudioBudget(self.settings.max_inflight_audio_s)
 
     # ------------------------------------------------------------ typed operations
 
@@ -185,13 +190,14 @@ class Ingress:
         asr = await self._model_info("asr")
         self._check_language(opts.language, asr.model)
         samples = await self._decode(audio, "/v1/audio/transcriptions")
-        if opts.diarize:
-            transcript, diar = await asyncio.gather(
-                self._transcribe_samples(samples), self._diarize_global(samples, hints)
-            )
-            transcript = self._attribute(transcript, diar)
-        else:
-            transcript = await self._transcribe_samples(samples)
+        with self._budget.hold(len(samples) / SAMPLE_RATE):
+            if opts.diarize:
+                transcript, diar = await asyncio.gather(
+                    self._transcribe_samples(samples), self._diarize_global(samples, hints)
+                )
+                transcript = self._attribute(transcript, diar)
+            else:
+                transcript = await self._transcribe_samples(samples)
         out = TranscriptionOutput(
             transcript=transcript,
             model=asr.model,
@@ -221,7 +227,8 @@ class Ingress:
         opts: DiarizeOptions = parse_options(DiarizeOptions, options)
         hints = self._hints(opts)
         samples = await self._decode(audio, "/v1/audio/diarize")
-        diar = await self._diarize_global(samples, hints)
+        with self._budget.hold(len(samples) / SAMPLE_RATE):
+            diar = await self._diarize_global(samples, hints)
         info = await self._model_info("diarizer")
         out = DiarizationOutput(
             turns=tuple(self._labelled(with_confidence(diar.turns, diar.probs, diar.frame_s))),
@@ -237,10 +244,11 @@ class Ingress:
         if options:
             raise BadRequest(f"diarize-chunk takes no options, got {sorted(options)}")
         samples = await self._decode(audio, "/v1/audio/diarize-chunk")
-        diar = await self._call(self._handles["diarizer"].diarize.remote(samples))
-        clips = speaker_clips(samples, diar.turns, self.settings.min_fingerprint_speech_s)
-        speakers = sorted(clips)
-        embs = await self._embed([clips[s] for s in speakers])
+        with self._budget.hold(len(samples) / SAMPLE_RATE):
+            diar = await self._call(self._handles["diarizer"].diarize.remote(samples))
+            clips = speaker_clips(samples, diar.turns, self.settings.min_fingerprint_speech_s)
+            speakers = sorted(clips)
+            embs = await self._embed([clips[s] for s in speakers])
         dinfo, einfo = await asyncio.gather(
             self._model_info("diarizer"), self._model_info("embedder")
         )

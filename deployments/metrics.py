@@ -80,6 +80,22 @@ class ModelMetrics:
             self.rtfx.set(audio_s / busy_s)
 
 
+# Label values are bounded: a made-up path must not mint a new metric series.
+ROUTES = frozenset(
+    {
+        "/",
+        "/health",
+        "/v1/models",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/audio/diarize",
+        "/v1/audio/diarize-chunk",
+        "/docs",
+        "/openapi.json",
+    }
+)
+
+
 class IngressMetrics:
     """Per route: audio seconds received, errors by kind."""
 
@@ -98,10 +114,15 @@ class IngressMetrics:
         )
 
     def audio_received(self, route: str, seconds: float) -> None:
-        self.audio.inc(seconds, tags={"route": route})
+        if seconds > 0:  # Ray's Counter.inc refuses 0, and an empty clip adds nothing
+            self.audio.inc(seconds, tags={"route": _route(route)})
 
     def error(self, route: str, kind: str) -> None:
-        self.errors.inc(1, tags={"route": route, "kind": kind})
+        self.errors.inc(1, tags={"route": _route(route), "kind": kind})
+
+
+def _route(path: str) -> str:
+    return path if path in ROUTES else "other"
 
 
 @cache

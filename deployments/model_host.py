@@ -3,6 +3,11 @@
 Not a deployment itself. Loading happens in a background thread so a replica
 answers `status()` (and the ingress answers 503 + Retry-After) while a large
 model is still downloading or being restored, instead of hanging callers.
+
+A starting replica's first `reconfigure` (which Serve awaits before it routes
+anything to the replica) waits for that load, up to `load_wait_s`: a replica
+added by autoscaling or replacing a dead one then takes traffic only once its
+model is ready, instead of answering 503 while its peers could serve.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class ModelConfig(BaseModel):
     """Most requests (embedder: clips) fused into one forward pass."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     """How long the first request of a batch waits for others (seconds)."""
+    load_wait_s: float = Field(600.0, ge=0)
+    """How long a starting replica holds off traffic while its model loads (seconds)."""
 
 
 class ModelHost:
@@ -52,13 +59,18 @@ class ModelHost:
         self._device = "unknown"
         self._load_seconds: float | None = None
         self._lock = threading.Lock()
+        self._load_done = threading.Event()  # set when the latest load ends, either way
         # Ray calls reconfigure() right after __init__ when a user_config is
         # set; without one nothing would start the load, so apply it here too.
         self._apply(self._config)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         merged = {**self._config.model_dump(), **(user_config or {})}
         self._apply(ModelConfig(**merged))
+        if self._runner is None:
+            # Serve routes nothing to a starting replica until this returns. On a live
+            # replica (a model swapped in place) the old runner keeps serving: no wait.
+            await asyncio.to_thread(self._load_done.wait, self._config.load_wait_s)
 
     def _apply(self, config: ModelConfig) -> None:
         self._config = config
@@ -73,11 +85,18 @@ class ModelHost:
             self._loading_key = key
             if self._runner is None:
                 self._state = "loading"
+            self._load_done = done = threading.Event()
         threading.Thread(
-            target=self._load, args=(key,), name=f"load-{self.role}", daemon=True
+            target=self._load, args=(key, done), name=f"load-{self.role}", daemon=True
         ).start()
 
-    def _load(self, key: tuple[str, str]) -> None:
+    def _load(self, key: tuple[str, str], done: threading.Event) -> None:
+        try:
+            self._load_model(key)
+        finally:
+            done.set()
+
+    def _load_model(self, key: tuple[str, str]) -> None:
         model, precision = key
         t0 = time.perf_counter()
         try:

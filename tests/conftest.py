@@ -145,3 +145,60 @@ def deploy_variant(service: Service, name: str, route_prefix: str, **overrides) 
             pass
         time.sleep(1)
     raise TimeoutError(f"variant {name} not healthy")
+
+
+def deploy_ingress_variant(
+    service: Service,
+    name: str,
+    route_prefix: str,
+    settings: dict | None = None,
+    **options,
+) -> str:
+    """A second Ingress with other `settings`, over the shared app's model replicas.
+
+    No model loads, so it is up in seconds: auth, CORS, limits and timeouts get
+    their own settings while the shared `voxgraph` app is left as it is. `options`
+    are Serve deployment options (max_ongoing_requests, ...). Returns the base URL;
+    remove it with `serve.delete(name)`.
+    """
+    import time
+
+    import httpx
+    from ray import serve
+
+    from deployments.ingress import Ingress
+
+    config = _serve_local().load_config(ROOT / "configs" / "tiny.yaml")
+    merged = {**config["applications"][0]["args"].get("settings", {}), **(settings or {})}
+    handles = [
+        serve.get_deployment_handle(d, app_name="voxgraph") for d in ("ASR", "Diarizer", "Embedder")
+    ]
+    app = Ingress.options(ray_actor_options={"num_cpus": 0.1}, **options).bind(*handles, merged)
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    url = f"{service.url}{route_prefix}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"ingress variant {name} not healthy")
+
+
+def replica_actors(app: str) -> dict[str, tuple[str, int]]:
+    """{deployment: (actor name, pid)} of the live replicas of Serve app `app`.
+
+    From Ray's actor table (GCS), which needs no dashboard. With several replicas
+    of one deployment, the last listed wins: the tiny graphs run one each.
+    """
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#"
+    out: dict[str, tuple[str, int]] = {}
+    for actor in ray._private.state.actors().values():
+        name = actor.get("Name") or ""
+        if name.startswith(prefix) and actor.get("State") == "ALIVE":
+            out[name[len(prefix) :].split("#")[0]] = (name, int(actor["Pid"]))
+    return out

@@ -197,6 +197,10 @@ def _decode_av(data: bytes, max_duration_s: float | None, sf_error: Exception) -
                 "upload a file with an audio track"
             )
         stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            # FFmpeg found an audio stream but has no decoder for its codec (e.g. a
+            # WAV with an unknown format tag): bad input, not a server error.
+            raise _undecodable("unsupported audio codec")
         codec = stream.codec_context.name
         out = _Decoded(max_duration_s)
         to_mono = _AvToMono()
@@ -246,6 +250,11 @@ class _AvToMono:
     FFmpeg resamples (keeping every channel) and channels are averaged here:
     FFmpeg's own mono downmix uses a -3 dB pan law, which would make the same
     stereo audio 1.41x louder than the averaging done on the libsndfile path.
+
+    The resampler's output is packed (interleaved) float, one plane whatever
+    the channel count: PyAV's `to_ndarray` on a planar frame with more than 8
+    channels reads past its plane pointers and crashes the process (a corrupt
+    AAC frame or WAV header can claim 22 or 31 channels).
     """
 
     def __init__(self) -> None:
@@ -259,10 +268,10 @@ class _AvToMono:
             # A stream may change layout or rate mid-way (e.g. HE-AAC, chained
             # Ogg); a resampler is bound to one input configuration.
             out.extend(self.flush())
-            self.resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
+            self.resampler = av.AudioResampler(format="flt", rate=SAMPLE_RATE)
             self.key = key
         assert self.resampler is not None
-        out.extend(_planes_mean(f) for f in self.resampler.resample(frame))
+        out.extend(_interleaved_mean(f) for f in self.resampler.resample(frame))
         return out
 
     def flush(self) -> list[np.ndarray]:
@@ -271,11 +280,15 @@ class _AvToMono:
         frames = self.resampler.resample(None)
         self.resampler = None
         self.key = None
-        return [_planes_mean(f) for f in frames]
+        return [_interleaved_mean(f) for f in frames]
 
 
-def _planes_mean(frame: av.AudioFrame) -> np.ndarray:
-    planes = frame.to_ndarray()  # fltp: (channels, samples)
-    if planes.shape[0] == 1:
-        return np.ascontiguousarray(planes[0], dtype=np.float32)
-    return planes.mean(axis=0, dtype=np.float32)
+def _interleaved_mean(frame: av.AudioFrame) -> np.ndarray:
+    channels = len(frame.layout.channels)
+    packed = frame.to_ndarray()  # flt: (1, samples * channels), interleaved
+    if channels < 1 or packed.size != frame.samples * channels:
+        raise _undecodable(f"inconsistent audio frame ({channels} channels)")
+    samples = packed.reshape(frame.samples, channels)
+    if channels == 1:
+        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+    return samples.mean(axis=1, dtype=np.float32)

@@ -27,6 +27,8 @@ class Settings(BaseModel):
     """ASR window (seconds): longer audio is transcribed in overlapping windows."""
     asr_overlap_s: float = Field(10.0, ge=0)
     """Overlap between consecutive ASR windows (seconds); words are owned by one window."""
+    max_inflight_audio_s: float = Field(8 * 3600.0, gt=0)
+    """Decoded audio one ingress replica holds at once (seconds; 8 h is ~1.8 GB); beyond: 503."""
     max_windows_in_flight: int = Field(8, ge=1)
     """Windows of one request sent to the models at once; bounds memory on long audio."""
     min_fingerprint_speech_s: float = Field(0.5, gt=0)
@@ -53,6 +55,7 @@ class Settings(BaseModel):
             "asr_overlap_s": "VOXGRAPH_ASR_OVERLAP_S",
             "link_threshold": "VOXGRAPH_LINK_THRESHOLD",
             "request_timeout_s": "VOXGRAPH_REQUEST_TIMEOUT_S",
+            "max_inflight_audio_s": "VOXGRAPH_MAX_INFLIGHT_AUDIO_S",
         }
         for field, var in env.items():
             if os.environ.get(var):
