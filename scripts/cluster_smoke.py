@@ -56,6 +56,8 @@ MODEL_ENV = {
     "Embedder": "VOXGRAPH_EMBEDDER_MODEL",
 }
 MODELS = tuple(TINY_FILES)
+from deployments.loopback import HOOK as LOOPBACK_HOOK  # noqa: E402
+
 ROUTE = "/v1/audio/diarize-chunk"
 
 # Short autoscaling loop so the test sees up and down within a couple of minutes.
@@ -67,27 +69,6 @@ AUTOSCALING = {
     "downscale_delay_s": 5,
     "look_back_period_s": 5,
 }
-
-
-def loopback_grpc_hook() -> None:
-    """Worker setup hook: bind Serve's inter-deployment gRPC server to 127.0.0.1.
-
-    Ray Serve 2.60 starts it on `[::]:0` (every interface) in each replica, with no
-    setting to change that. Applied through the app's runtime_env in the derived config.
-    """
-    from ray.serve._private import replica
-
-    original = replica.add_port_to_grpc_server
-    if getattr(original, "_voxgraph_loopback", False):
-        return
-
-    def add_port(server: Any, address: str) -> int:
-        if address.startswith(("[::]:", "0.0.0.0:")):
-            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
-        return original(server, address)
-
-    add_port._voxgraph_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = add_port
 
 
 # ------------------------------------------------------------------ the cluster
@@ -363,7 +344,7 @@ def derive_config(http_port: int, batch_sizes: dict[str, int] | None = None) -> 
         env_vars[MODEL_ENV[name]] = str(ROOT / "models" / "tiny" / file)
     # The hook below lives in this file; ROOT first so replicas run this checkout's code.
     env_vars["PYTHONPATH"] = f"{ROOT}{os.pathsep}{SCRIPTS}"
-    runtime_env["worker_process_setup_hook"] = f"{Path(__file__).stem}.loopback_grpc_hook"
+    runtime_env["worker_process_setup_hook"] = LOOPBACK_HOOK
     for d in app["deployments"]:
         if d["name"] not in TINY_FILES:
             continue

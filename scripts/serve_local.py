@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
+from deployments.loopback import HOOK as LOOPBACK_HOOK
+
 ROOT = Path(__file__).resolve().parent.parent
+
 # Before `import ray`: keep Ray local, quiet and unauthenticated on loopback.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -58,6 +61,10 @@ def start(
     if port is not None:
         config.setdefault("http_options", {})["port"] = port
     config.setdefault("http_options", {})["host"] = config["http_options"].get("host", "127.0.0.1")
+    local_only = config["http_options"]["host"] in ("127.0.0.1", "localhost")
+    if local_only:
+        for app in config.get("applications", []):
+            app.setdefault("runtime_env", {})["worker_process_setup_hook"] = LOOPBACK_HOOK
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
         ray.init(
@@ -66,7 +73,11 @@ def start(
             num_gpus=num_gpus,
             include_dashboard=False,
             namespace="serve",
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            runtime_env={
+                "env_vars": {"PYTHONPATH": str(ROOT)},
+                # Apps deployed with serve.run from this driver (tests' variants) too.
+                **({"worker_process_setup_hook": LOOPBACK_HOOK} if local_only else {}),
+            },
         )
     _check_gpus(schema, ray.cluster_resources().get("GPU", 0.0))
     client = serve_api.serve_start(
