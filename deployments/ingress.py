@@ -113,8 +113,7 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
 async def _unexpected(_: Request, e: Exception) -> JSONResponse:
     # A bug, not bad input: log it with its traceback, tell the client nothing internal.
     logger.error("unhandled %s in a request", type(e).__name__, exc_info=e)
-    body = {"error": {"message": "internal error", "type": "server_error", "code": "internal"}}
-    return JSONResponse(body, status_code=500)
+    return http_error_response(500, "internal error")
 
 
 def _render(result: dict[str, Any] | str, fmt: str) -> Response:
