@@ -155,19 +155,6 @@ def tree_cpu_s(root: int, include_root: bool = True, exclude: Sequence[int] = ()
 # ----------------------------------------------------------------------------- inputs
 
 
-def speechlike(seconds: float, seed: int = 0, f0: tuple[float, float] = (90, 260)) -> np.ndarray:
-    """Harmonic bursts with pauses (as the tests use): something besides silence for the models."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SR)
-    out = np.zeros(n, dtype=np.float32)
-    pos = 0
-    while pos < n:
-        dur = min(int(rng.uniform(0.4, 1.6) * SR), n - pos)
-        out[pos : pos + dur] = _burst(dur, rng.uniform(*f0), rng)
-        pos += dur + int(rng.uniform(0.1, 0.6) * SR)
-    return out
-
-
 def _burst(n: int, f0: float, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n, dtype=np.float32) / SR
     tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))

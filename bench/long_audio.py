@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from bench.common import load_avg, machine  # noqa: E402
-from tests.conftest import speechlike  # noqa: E402
+from voxgraph.synth import speechlike  # noqa: E402
 
 ROLES = ("Ingress", "ASR", "Diarizer", "Embedder")
 

@@ -44,6 +44,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from voxgraph.synth import speechlike  # noqa: E402
+
 SR = 16_000
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -64,24 +66,6 @@ ROUTES: dict[str, tuple[str, str, dict[str, str], float]] = {
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """Harmonic bursts with pauses, pitch per seed: something besides silence for the models."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SR)
-    t = np.arange(n) / SR
-    out = np.zeros(n, dtype=np.float32)
-    pos = 0
-    while pos < n:
-        dur = int(rng.uniform(0.4, 1.6) * SR)
-        f0 = rng.uniform(90, 260)
-        seg = t[pos : pos + dur] - t[pos]
-        tone = sum(np.sin(2 * np.pi * f0 * k * seg) / k for k in range(1, 6))
-        env = np.sin(np.pi * np.linspace(0, 1, len(seg))) ** 2
-        out[pos : pos + dur] = 0.2 * tone * env + 0.01 * rng.standard_normal(len(seg))
-        pos += dur + int(rng.uniform(0.1, 0.6) * SR)
-    return out
 
 
 def payloads() -> list[tuple[str, bytes]]:

@@ -8,7 +8,6 @@ yields its URL and app handle. Nothing here mocks Ray or NeMo.
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import socket
 import subprocess
@@ -18,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
+
+from voxgraph.audio import encode_wav
+from voxgraph.synth import speechlike  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny"
@@ -29,28 +30,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
-    """Harmonic bursts with pauses: gives the models something besides silence."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    out = np.zeros(n, dtype=np.float32)
-    pos = 0
-    while pos < n:
-        dur = int(rng.uniform(0.4, 1.6) * sr)
-        f0 = rng.uniform(90, 260)
-        seg = t[pos : pos + dur] - t[pos]
-        tone = sum(np.sin(2 * np.pi * f0 * k * seg) / k for k in range(1, 6))
-        env = np.sin(np.pi * np.linspace(0, 1, len(seg))) ** 2
-        out[pos : pos + dur] = 0.2 * tone * env + 0.01 * rng.standard_normal(len(seg))
-        pos += dur + int(rng.uniform(0.1, 0.6) * sr)
-    return out.astype(np.float32)
-
-
 def wav_bytes(samples: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, sr, format="WAV", subtype=subtype)
-    return buf.getvalue()
+    return encode_wav(samples, sr, subtype)
 
 
 def _free_port() -> int:
