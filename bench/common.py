@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,21 +264,7 @@ def free_port() -> int:
 
 def wait_healthy(url: str, timeout_s: float = 900, proc: subprocess.Popen | None = None) -> float:
     """Poll `url`/health until 200; returns the seconds it took (time-to-ready)."""
-    t0 = time.monotonic()
-    last = ""
-    while time.monotonic() - t0 < timeout_s:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except urllib.error.HTTPError as e:
-            last = f"{e.code}"
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s: {last}")
+    return import_script("serve_local").wait_healthy(url, timeout_s, proc, interval_s=0.5)
 
 
 @dataclass

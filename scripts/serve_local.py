@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 import urllib.error
@@ -105,22 +106,32 @@ def _check_gpus(schema: Any, available: float) -> None:
         )
 
 
-def wait_healthy(port: int, timeout_s: float = 600) -> float:
-    """Poll /health until 200; returns the seconds it took."""
+def wait_healthy(
+    target: int | str,
+    timeout_s: float = 600,
+    proc: subprocess.Popen | None = None,
+    interval_s: float = 1.0,
+) -> float:
+    """Poll `<target>/health` until 200 (target: a port on 127.0.0.1, or a base URL).
+
+    Returns the seconds it took; fails early if `proc`, the server's process, exits.
+    """
+    base = f"http://127.0.0.1:{target}" if isinstance(target, int) else target.rstrip("/")
     t0 = time.monotonic()
-    url = f"http://127.0.0.1:{port}/health"
     last = ""
     while time.monotonic() - t0 < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
                 if r.status == 200:
                     return time.monotonic() - t0
         except urllib.error.HTTPError as e:
             last = f"{e.code} {e.read()[:300]!r}"
         except OSError as e:
             last = str(e)
-        time.sleep(1)
-    raise TimeoutError(f"voxgraph not healthy after {timeout_s:.0f}s: {last}")
+        time.sleep(interval_s)
+    raise TimeoutError(f"{base} not healthy after {timeout_s:.0f}s: {last}")
 
 
 def main() -> int:

@@ -113,19 +113,8 @@ def deploy_variant(service: Service, name: str, route_prefix: str, **overrides) 
             args[key] = value
     serve.run(graph.build_app(args), name=name, route_prefix=route_prefix, blocking=False)
     url = f"{service.url}{route_prefix}"
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"variant {name} not healthy")
+    serve_local.wait_healthy(url, timeout_s=300)
+    return url
 
 
 def deploy_ingress_variant(
@@ -142,9 +131,7 @@ def deploy_ingress_variant(
     are Serve deployment options (max_ongoing_requests, ...). Returns the base URL;
     remove it with `serve.delete(name)`.
     """
-    import time
 
-    import httpx
     from ray import serve
 
     from deployments.ingress import Ingress
@@ -157,15 +144,8 @@ def deploy_ingress_variant(
     app = Ingress.options(ray_actor_options={"num_cpus": 0.1}, **options).bind(*handles, merged)
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     url = f"{service.url}{route_prefix}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"ingress variant {name} not healthy")
+    _serve_local().wait_healthy(url, timeout_s=180, interval_s=0.5)
+    return url
 
 
 def replica_actors(app: str) -> dict[str, tuple[str, int]]:
