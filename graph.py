@@ -1,81 +1,101 @@
 """The voxgraph application: four deployments bound into one graph.
 
-`build_app(args)` is the builder (`serve run graph:build_app key=value` or a
-config's `import_path: graph:build_app` with `args:`); `app` is the default
-production graph for `import_path: graph:app`.
+`build_app(args)` is the builder: a config's `import_path: graph:build_app` with
+`args:` (serve_config.yaml), or `serve.run(build_app({...}))`. `app` is the same
+graph built from the defaults below, for `serve run graph:app`.
+
+Where a value comes from, highest first: the builder's args, then environment
+variables (`VOXGRAPH_ASR__MODEL`, `VOXGRAPH_CPU_ONLY`, ...), then `ROLE_DEFAULTS` and
+the field defaults. The ingress's own settings (`args.settings`) follow the same
+order, read where they are used: see voxgraph/settings.py.
+
+Serve hashes `args` into the application's code version, so changing any of them
+replaces every replica. For an in-place change of a model's `user_config` (batch
+size, batch wait, precision, model) add a `deployments:` override to the config
+instead; docs/kuberay.md shows both.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from ray.serve import Application
 
 from deployments.asr import ASR
 from deployments.diarizer import Diarizer
 from deployments.embedder import Embedder
 from deployments.ingress import Ingress
+from voxgraph.settings import ENV_PREFIX, ModelConfig, Settings
 
-# Resource defaults, in one visible place. GPU shares fit the three models on
-# one card (ASR 0.4 + diarizer 0.3 + embedder 0.2 = 0.9 GPU).
-DEFAULT_MODELS = {
-    "asr": "nvidia/parakeet-tdt-0.6b-v3",
-    "diarizer": "nvidia/diar_sortformer_4spk-v1",
-    "embedder": "nvidia/speakerverification_en_titanet_large",
+ROLES = ("asr", "diarizer", "embedder")
+
+# Per-role defaults, the production graph; serve_config.yaml states the same numbers
+# (a test keeps the two equal). The GPU shares fit the three models on one card
+# (0.4 + 0.3 + 0.2 = 0.9 GPU). Everything not listed takes ModelDeploymentArgs' defaults.
+ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "asr": {
+        "model": "nvidia/parakeet-tdt-0.6b-v3",
+        "precision": "bf16",
+        "max_batch_size": 16,
+        "batch_wait_timeout_s": 0.02,
+        "num_cpus": 2.0,
+        "num_gpus": 0.4,
+    },
+    "diarizer": {
+        "model": "nvidia/diar_sortformer_4spk-v1",
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.02,
+        "num_gpus": 0.3,
+    },
+    "embedder": {
+        "model": "nvidia/speakerverification_en_titanet_large",
+        "max_batch_size": 32,  # clips, not requests
+        "num_gpus": 0.2,
+    },
 }
-GPU_SHARES = {"asr": 0.4, "diarizer": 0.3, "embedder": 0.2}
-BATCH_SIZES = {"asr": 16, "diarizer": 8, "embedder": 32}  # embedder: clips, not requests
-MODEL_ENV = {
-    "asr": "VOXGRAPH_ASR_MODEL",
-    "diarizer": "VOXGRAPH_DIARIZER_MODEL",
-    "embedder": "VOXGRAPH_EMBEDDER_MODEL",
-}
 
 
-class ModelDeploymentArgs(BaseModel):
-    """One model deployment: its model, batching and resources."""
+class ModelDeploymentArgs(ModelConfig):
+    """One model deployment: its `user_config` (ModelConfig's fields) and its resources."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str
-    """NGC / Hugging Face name (from_pretrained) or a local `.nemo` path (restore_from)."""
-    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
-    """Autocast precision on CUDA."""
-    max_batch_size: int = Field(8, ge=1)
-    """Most requests (embedder: clips) per forward pass."""
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    """Wait for a batch to fill (seconds)."""
     num_cpus: float = Field(1.0, ge=0)
-    """CPUs reserved per replica."""
+    """CPUs reserved per replica (Ray gives the replica floor(num_cpus) torch threads)."""
     num_gpus: float = Field(0.0, ge=0)
     """GPU share per replica (0 on CPU-only machines: a share with no GPU never schedules)."""
     min_replicas: int = Field(1, ge=0)
     """Autoscaling floor."""
-    max_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
     """Autoscaling ceiling; equal to min_replicas means a fixed replica count."""
-    target_ongoing_requests: float = Field(4.0, gt=0)
+    target_ongoing_requests: float = Field(8.0, gt=0)
     """Autoscaling target per replica."""
     max_ongoing_requests: int = Field(32, ge=1)
     """Requests a replica works on at once (covers a full batch plus the next one filling)."""
     max_queued_requests: int = Field(256, ge=-1)
     """Requests a caller may queue before getting 503 (-1: unbounded)."""
 
+    @model_validator(mode="after")
+    def _replica_range(self) -> ModelDeploymentArgs:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        return self
 
-def _model_args(role: str, cpu_only: bool) -> ModelDeploymentArgs:
-    return ModelDeploymentArgs(
-        model=os.environ.get(MODEL_ENV[role], DEFAULT_MODELS[role]),
-        max_batch_size=BATCH_SIZES[role],
-        num_gpus=0.0 if cpu_only else GPU_SHARES[role],
-    )
-
-
-def _cpu_only() -> bool:
-    return os.environ.get("VOXGRAPH_CPU_ONLY", "").lower() in ("1", "true", "yes")
+    def user_config(self) -> ModelConfig:
+        """What the replica itself sees: the ModelConfig part, without the resources."""
+        return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
 
 
 class IngressArgs(BaseModel):
+    """The ingress deployment's resources (its limits and knobs are `settings`)."""
+
     model_config = ConfigDict(extra="forbid")
 
     num_cpus: float = Field(1.0, ge=0)
@@ -88,34 +108,109 @@ class IngressArgs(BaseModel):
     """Requests queued at the proxy before 503."""
 
 
-class VoxgraphArgs(BaseModel):
-    """Everything `build_app` needs; unknown keys are an error, not silently ignored."""
+class _ArgsEnvironment(EnvSettingsSource):
+    """The builder args' environment: nested names, the per-model names, no `settings`."""
 
-    model_config = ConfigDict(extra="forbid")
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        # The ingress reads the service settings' environment itself, in its replica;
+        # taking them here too would turn an environment value into an init override.
+        data.pop("settings", None)
+        for role in ROLES:
+            # VOXGRAPH_ASR_MODEL etc.: the names before nested variables existed.
+            # Keys are lower-case (case-insensitive lookup); the nested name wins.
+            legacy = self.env_vars.get(f"{ENV_PREFIX}{role}_model".lower())
+            if legacy:
+                given = data.get(role)
+                if not isinstance(given, dict):
+                    given = data[role] = {}
+                given.setdefault("model", legacy)
+        return data
 
-    asr: ModelDeploymentArgs = Field(default_factory=lambda: _model_args("asr", _cpu_only()))
-    diarizer: ModelDeploymentArgs = Field(
-        default_factory=lambda: _model_args("diarizer", _cpu_only())
+
+class VoxgraphArgs(BaseSettings):
+    """Everything `build_app` needs; unknown keys are an error, not silently ignored.
+
+    Per model deployment, given keys are merged over `ROLE_DEFAULTS`, so
+    `asr: {model: x.nemo}` keeps the ASR's batch size, share and replicas.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
     )
-    embedder: ModelDeploymentArgs = Field(
-        default_factory=lambda: _model_args("embedder", _cpu_only())
-    )
+
+    asr: ModelDeploymentArgs
+    """The ASR deployment (Parakeet TDT by default)."""
+    diarizer: ModelDeploymentArgs
+    """The diarization deployment (Sortformer by default)."""
+    embedder: ModelDeploymentArgs
+    """The speaker-fingerprint deployment (TitaNet by default)."""
     ingress: IngressArgs = Field(default_factory=IngressArgs)
+    """The ingress deployment's resources."""
+    cpu_only: bool = False
+    """Zero every model's GPU share, whatever else says otherwise (machines without a GPU)."""
     settings: dict[str, Any] = Field(default_factory=dict)
-    """Overrides of `voxgraph.settings.Settings` (limits, windows, auth, CORS)."""
+    """Service settings (`voxgraph.settings.Settings` fields) given to the ingress."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Args, then the environment; no .env files or secret directories.
+        return init_settings, _ArgsEnvironment(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for role in ROLES:
+            given = data.get(role) or {}
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            data[role] = {**ROLE_DEFAULTS[role], **given}
+        return data
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # A misspelt or out-of-range setting fails here, at deploy time, not in the
+        # ingress replica. Only the keys given are kept, typed (API keys as SecretStr,
+        # so no repr of these args shows one): the ingress reads its own environment
+        # under them.
+        unknown = sorted(set(value) - set(Settings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; the keys are Settings' field names")
+        validated = Settings.model_validate(value)
+        return {key: getattr(validated, key) for key in value}
+
+    @model_validator(mode="after")
+    def _apply_cpu_only(self) -> VoxgraphArgs:
+        if self.cpu_only:
+            for role in ROLES:
+                getattr(self, role).num_gpus = 0.0
+        return self
+
+    def model_deployments(self) -> dict[str, ModelDeploymentArgs]:
+        return {role: getattr(self, role) for role in ROLES}
 
 
-def _deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
+def deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
+    """A model deployment's `.options(...)`: resources, queue limits and `user_config`."""
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
-        "user_config": {
-            "model": d.model,
-            "precision": d.precision,
-            "max_batch_size": d.max_batch_size,
-            "batch_wait_timeout_s": d.batch_wait_timeout_s,
-        },
+        "user_config": d.user_config().model_dump(),
     }
     if d.max_replicas > d.min_replicas:
         opts["autoscaling_config"] = {
@@ -128,19 +223,28 @@ def _deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
     return opts
 
 
-def build_app(args: VoxgraphArgs | dict[str, Any] | None = None) -> Application:
+def ingress_options(i: IngressArgs) -> dict[str, Any]:
+    return {
+        "ray_actor_options": {"num_cpus": i.num_cpus},
+        "num_replicas": i.num_replicas,
+        "max_ongoing_requests": i.max_ongoing_requests,
+        "max_queued_requests": i.max_queued_requests,
+    }
+
+
+def build_app(args: dict[str, Any] | VoxgraphArgs | None = None) -> Application:
     """Bind ASR, Diarizer and Embedder under the Ingress, with `args` applied."""
-    a = args if isinstance(args, VoxgraphArgs) else VoxgraphArgs.model_validate(args or {})
-    asr = ASR.options(**_deployment_options(a.asr)).bind(model=a.asr.model)
-    diarizer = Diarizer.options(**_deployment_options(a.diarizer)).bind(model=a.diarizer.model)
-    embedder = Embedder.options(**_deployment_options(a.embedder)).bind(model=a.embedder.model)
-    ingress = Ingress.options(
-        ray_actor_options={"num_cpus": a.ingress.num_cpus},
-        num_replicas=a.ingress.num_replicas,
-        max_ongoing_requests=a.ingress.max_ongoing_requests,
-        max_queued_requests=a.ingress.max_queued_requests,
-    )
-    return ingress.bind(asr, diarizer, embedder, a.settings)
+    a = args if isinstance(args, VoxgraphArgs) else VoxgraphArgs(**(args or {}))
+    handles = {}
+    for role, deployment in (("asr", ASR), ("diarizer", Diarizer), ("embedder", Embedder)):
+        d: ModelDeploymentArgs = getattr(a, role)
+        # The full ModelConfig as init args too: a partial `user_config` override in a
+        # config's `deployments:` section then merges over it on a fresh replica.
+        handles[role] = deployment.options(**deployment_options(d)).bind(
+            **d.user_config().model_dump()
+        )
+    ingress = Ingress.options(**ingress_options(a.ingress))
+    return ingress.bind(handles["asr"], handles["diarizer"], handles["embedder"], a.settings)
 
 
-app = build_app(VoxgraphArgs())
+app = build_app()

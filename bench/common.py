@@ -290,18 +290,10 @@ def graph_args(paths: dict[str, str], gpu: bool) -> dict[str, Any]:
     args: dict[str, Any] = tiny["applications"][0]["args"]
     args.pop("settings", None)  # production window settings (chunks are single windows anyway)
     if gpu:
-        prod = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-        by_name = {d["name"]: d for d in prod["applications"][0]["deployments"]}
-        for role, name in (("asr", "ASR"), ("diarizer", "Diarizer"), ("embedder", "Embedder")):
-            d = by_name[name]
-            args[role] = {
-                "model": paths[role],
-                "num_cpus": d["ray_actor_options"].get("num_cpus", 1),
-                "num_gpus": d["ray_actor_options"].get("num_gpus", 0),
-                "precision": d["user_config"].get("precision", "fp32"),
-                "max_batch_size": d["user_config"].get("max_batch_size", 8),
-                "batch_wait_timeout_s": d["user_config"].get("batch_wait_timeout_s", 0.01),
-            }
+        prod = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+        args.pop("cpu_only", None)  # tiny.yaml's; it would zero the GPU shares
+        for role in ROLES:
+            args[role] = {**prod[role], "model": paths[role], "min_replicas": 1, "max_replicas": 1}
         args["ingress"] = {"num_cpus": 1}
     else:
         for role in ROLES:

@@ -98,18 +98,15 @@ def serve_config_roles(path: Path = ROOT / "serve_config.yaml") -> dict[str, Rol
     """GPU share, precision and batch size per role, as production deploys them."""
     import yaml
 
-    app = yaml.safe_load(path.read_text())["applications"][0]
-    by_name = {d["name"]: d for d in app["deployments"]}
-    out = {}
-    for role, name in (("asr", "ASR"), ("diarizer", "Diarizer"), ("embedder", "Embedder")):
-        d = by_name[name]
-        uc = d.get("user_config", {})
-        out[role] = RoleConfig(
-            share=float(d.get("ray_actor_options", {}).get("num_gpus", 0.0)),
-            precision=str(uc.get("precision", "fp32")),
-            max_batch_size=int(uc.get("max_batch_size", 8)),
+    args = yaml.safe_load(path.read_text())["applications"][0]["args"]
+    return {
+        role: RoleConfig(
+            share=float(args[role].get("num_gpus", 0.0)),
+            precision=str(args[role].get("precision", "fp32")),
+            max_batch_size=int(args[role].get("max_batch_size", 8)),
         )
-    return out
+        for role in ("asr", "diarizer", "embedder")
+    }
 
 
 # ----------------------------------------------------------------------------- pure helpers

@@ -72,12 +72,12 @@ def _handle_call(handle: Any, route: str, wav: bytes) -> Any:
 
 def _inproc_call(mono: Any, route: str, wav: bytes) -> Any:
     if route == "diarize-chunk":
-        return mono.diarize_chunk(wav)
+        return mono.run("diarize_chunk", wav)
     if route == "diarize":
-        return mono.diarize(wav)
+        return mono.run("diarize", wav)
     _, fields = ROUTES[route]
     opts = {k: (v == "true" if k == "diarize" else v) for k, v in fields.items()}
-    return mono.transcribe(wav, **opts)
+    return mono.run("transcribe", wav, **opts)
 
 
 def _http_call(http: Any, url: str, route: str, wav: bytes) -> Any:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.torch_threads)
     paths = model_paths(args.models)
     wav = wav_bytes(conversation(args.seconds, seed=args.seed, speakers=3))
-    mono = Monolith(paths, device="cpu", parallel=True).load()
+    mono = Monolith(paths, device="cpu").load()
     print(f"# in-process models loaded in {sum(mono.load_seconds.values()):.1f}s", flush=True)
 
     gargs = graph_args(paths, gpu=False)
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         results["raw_default"], results["raw_cpu_default"] = ms, cpu
 
         if not args.no_wait_variant:
-            for role in ("asr", "diarizer", "embedder"):
-                gargs[role]["batch_wait_timeout_s"] = 0.0
-            _redeploy(graph.url, gargs)
+            _redeploy(graph.url, gargs, {"batch_wait_timeout_s": 0.0})
             calls0 = {k: calls[k] for k in ("in-process", "HTTP")}
             load0 = load_avg()
             ms0, cpu0 = measure(calls0, routes, args.reps, args.warmup, args.seed + 1)
@@ -258,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _redeploy(url: str, gargs: dict[str, Any]) -> None:
-    """Apply new args to the running app; only user_config changes, so replicas reconfigure."""
+def _redeploy(url: str, gargs: dict[str, Any], user_config: dict[str, Any]) -> None:
+    """Change the model deployments' `user_config` in place (Serve reconfigures replicas).
+
+    The change goes in `deployments:` overrides: Serve hashes `args` into the app's code
+    version, so changing them would replace every replica instead.
+    """
     import yaml
     from ray import serve
 
@@ -275,6 +277,10 @@ def _redeploy(url: str, gargs: dict[str, Any]) -> None:
                 "route_prefix": "/",
                 "import_path": "graph:build_app",
                 "args": gargs,
+                "deployments": [
+                    {"name": name, "user_config": user_config}
+                    for name in ("ASR", "Diarizer", "Embedder")
+                ],
             }
         ],
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -16,11 +15,6 @@ from voxgraph.types import SAMPLE_RATE, Transcript
 class ASR(ModelHost):
     role = "asr"
     batched = ("_transcribe_batch",)
-
-    def _build_runner(self, model: Any, device: str, precision: str) -> Any:
-        from voxgraph.models import AsrRunner
-
-        return AsrRunner(model, device, precision)
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         """Text with word and segment timestamps (seconds) for one 16 kHz clip."""

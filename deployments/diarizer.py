@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -16,11 +15,6 @@ from voxgraph.types import SAMPLE_RATE, Diarization
 class Diarizer(ModelHost):
     role = "diarizer"
     batched = ("_diarize_batch",)
-
-    def _build_runner(self, model: Any, device: str, precision: str) -> Any:
-        from voxgraph.models import DiarRunner
-
-        return DiarRunner(model, device, precision)
 
     async def diarize(self, audio: np.ndarray) -> Diarization:
         """Turns (local speaker indices) and the (frames x speakers) probabilities of one clip."""

@@ -1,9 +1,8 @@
-"""Embedder deployment: a NeMo TitaNet model, one 192-dim fingerprint per clip."""
+"""Embedder deployment: a NeMo TitaNet model, one fingerprint per clip (192-dim for TitaNet)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -21,18 +20,13 @@ class Embedder(ModelHost):
     role = "embedder"
     batched = ("_embed_batch",)
 
-    def _build_runner(self, model: Any, device: str, precision: str) -> Any:
-        from voxgraph.models import EmbedRunner
-
-        return EmbedRunner(model, device, precision)
-
     async def embed(self, clips: list[np.ndarray]) -> np.ndarray:
-        """An (N, 192) float32 array, one row per clip, in order."""
+        """An (N, dim) float32 array, one row per clip, in order (dim: the model's, 192)."""
         for clip in clips:
             check_audio(clip)
+        runner = self._require_runner()
         if not clips:
-            return np.zeros((0, 192), dtype=np.float32)
-        self._require_runner()
+            return np.zeros((0, runner.dim), dtype=np.float32)
         return await self._embed_batch(list(clips), time.perf_counter())
 
     # Batch size counts clips, not requests: one chunk may bring four speakers.

@@ -3,19 +3,77 @@
 Created lazily inside a replica, where Serve adds the deployment, replica and
 application tags itself; outside a replica (unit tests, the monolith bench)
 every recorder is a no-op.
+
+A metric must never fail the request it describes: every recorder drops what
+Ray's metrics API would refuse (zero or non-finite amounts) and swallows any
+exception from it, logging each kind of failure once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
-from typing import Any
+from typing import Any, ParamSpec
 
 logger = logging.getLogger("ray.serve")
 
+P = ParamSpec("P")
+
 _BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128]
 _WAIT_BOUNDS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+# (what failed, exception type) already logged: a broken exporter would otherwise
+# log on every request.
+_logged_failures: set[tuple[str, str]] = set()
+
+
+def _log_once(what: str, e: BaseException) -> None:
+    key = (what, type(e).__name__)
+    if key in _logged_failures:
+        return
+    _logged_failures.add(key)
+    logger.warning(
+        "metrics: %s failed (%s: %s); the request goes on, later failures of this kind "
+        "are not logged",
+        what,
+        type(e).__name__,
+        e,
+    )
+
+
+def _never_raises(fn: Callable[P, None]) -> Callable[P, None]:
+    """A recorder that swallows (and logs once) whatever its metric calls raise."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            _log_once(fn.__qualname__, e)
+
+    return run
+
+
+def _record(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """One metric call; a failure is logged once and does not skip the recorder's others."""
+    try:
+        call(*args, **kwargs)
+    except Exception as e:
+        _log_once(what, e)
+
+
+def _amount(value: Any) -> float | None:
+    """`value` as a finite float, else None (NaN or inf would poison a series for good)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 class _Noop:
@@ -70,14 +128,26 @@ class ModelMetrics:
         for m in (self.batch_size, self.queue_wait, self.audio, self.busy, self.rtfx):
             m.set_default_tags({"role": role})
 
-    def observe_batch(self, size: int, waits: Sequence[float], audio_s: float, busy_s: float):
-        self.batch_size.observe(size)
+    @_never_raises
+    def observe_batch(
+        self, size: int, waits: Sequence[float], audio_s: float, busy_s: float
+    ) -> None:
+        n = _amount(size)
+        if n is not None and n > 0:  # an empty batch ran no forward pass
+            _record("batch_size.observe", self.batch_size.observe, n)
         for w in waits:
-            self.queue_wait.observe(max(0.0, w))
-        self.audio.inc(audio_s)
-        self.busy.inc(busy_s)
-        if busy_s > 0:
-            self.rtfx.set(audio_s / busy_s)
+            wait = _amount(w)
+            if wait is not None:
+                # A clock step can make a wait negative; it was no wait at all.
+                _record("queue_wait.observe", self.queue_wait.observe, max(0.0, wait))
+        audio, busy = _amount(audio_s), _amount(busy_s)
+        # Ray's Counter.inc refuses 0 (and negatives): nothing to add anyway.
+        if audio is not None and audio > 0:
+            _record("audio.inc", self.audio.inc, audio)
+        if busy is not None and busy > 0:
+            _record("busy.inc", self.busy.inc, busy)
+            if audio is not None and audio >= 0:
+                _record("rtfx.set", self.rtfx.set, audio / busy)
 
 
 # Label values are bounded: a made-up path must not mint a new metric series.
@@ -94,6 +164,27 @@ ROUTES = frozenset(
         "/openapi.json",
     }
 )
+
+# The error kinds reported while one HTTP request is answered (see `error_kinds`).
+_request_error_kinds: ContextVar[list[str] | None] = ContextVar(
+    "voxgraph_request_error_kinds", default=None
+)
+
+
+@contextmanager
+def error_kinds() -> Iterator[list[str]]:
+    """For one HTTP request: collect the error kinds reported instead of counting them.
+
+    Several layers may see one failure (the body limit, the framework's parse
+    error, a typed operation); the HTTP layer counts the one answer the client
+    got, once, naming the last kind reported, and so no error is counted twice.
+    """
+    kinds: list[str] = []
+    token = _request_error_kinds.set(kinds)
+    try:
+        yield kinds
+    finally:
+        _request_error_kinds.reset(token)
 
 
 class IngressMetrics:
@@ -113,12 +204,26 @@ class IngressMetrics:
             tag_keys=("route", "kind"),
         )
 
+    @_never_raises
     def audio_received(self, route: str, seconds: float) -> None:
-        if seconds > 0:  # Ray's Counter.inc refuses 0, and an empty clip adds nothing
-            self.audio.inc(seconds, tags={"route": _route(route)})
+        amount = _amount(seconds)
+        if amount is not None and amount > 0:  # Counter.inc refuses 0; an empty clip adds nothing
+            _record("audio.inc", self.audio.inc, amount, tags={"route": _route(route)})
 
+    @_never_raises
     def error(self, route: str, kind: str) -> None:
-        self.errors.inc(1, tags={"route": _route(route), "kind": kind})
+        """An operation failed with `kind`: counted now, or by the HTTP layer once answered."""
+        kinds = _request_error_kinds.get()
+        if kinds is not None:
+            kinds.append(str(kind))
+            return
+        self.count_error(route, kind)
+
+    @_never_raises
+    def count_error(self, route: str, kind: str) -> None:
+        """Count one error answer (the HTTP layer calls this once per request)."""
+        tags = {"route": _route(route), "kind": str(kind)}
+        _record("errors.inc", self.errors.inc, 1, tags=tags)
 
 
 def _route(path: str) -> str:
@@ -127,9 +232,21 @@ def _route(path: str) -> str:
 
 @cache
 def model_metrics(role: str) -> ModelMetrics | _Noop:
-    return ModelMetrics(role) if _in_replica() else _Noop()
+    if not _in_replica():
+        return _Noop()
+    try:
+        return ModelMetrics(role)
+    except Exception as e:  # serve on without metrics rather than fail every batch
+        _log_once("ModelMetrics()", e)
+        return _Noop()
 
 
 @cache
 def ingress_metrics() -> IngressMetrics | _Noop:
-    return IngressMetrics() if _in_replica() else _Noop()
+    if not _in_replica():
+        return _Noop()
+    try:
+        return IngressMetrics()
+    except Exception as e:  # serve on without metrics rather than fail every request
+        _log_once("IngressMetrics()", e)
+        return _Noop()

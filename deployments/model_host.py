@@ -1,13 +1,27 @@
-"""What the three model deployments share: config, background loading, readiness.
+"""What the three model deployments share: config, one background loader, health.
 
-Not a deployment itself. Loading happens in a background thread so a replica
-answers `status()` (and the ingress answers 503 + Retry-After) while a large
-model is still downloading or being restored, instead of hanging callers.
+Not a deployment itself, and usable without Ray: subclasses set `role` and wire
+their `@serve.batch` methods through `batched`.
 
-A starting replica's first `reconfigure` (which Serve awaits before it routes
-anything to the replica) waits for that load, up to `load_wait_s`: a replica
-added by autoscaling or replacing a dead one then takes traffic only once its
-model is ready, instead of answering 503 while its peers could serve.
+Lifecycle of a replica:
+- `__init__` only records the bind args. The first `reconfigure` (Serve calls it
+  right after `__init__` when a `user_config` is set, and routes nothing to the
+  replica until it returns) merges the `user_config` in and starts the one load of
+  the replica's start, then waits for it up to `load_wait_s`: a replica added by
+  autoscaling or replacing a dead one takes traffic only once its model is ready.
+  If that load fails, `reconfigure` raises, so Serve replaces the replica with
+  backoff instead of keeping one that can only answer 503.
+- A deployment without a `user_config` gets no `reconfigure`: its first
+  `status()`, `check_health()` or request starts the load from the bind args.
+- Loading runs in one background thread, so `status()` answers (and the ingress
+  answers 503 + Retry-After) while a large model downloads or restores. One load
+  runs at a time, always of the newest wanted config: a model loaded for a config
+  that was replaced meanwhile is freed, never installed.
+- On a live replica, a new model or precision is loaded while the old runner keeps
+  serving, then swapped in. If that fails the old runner keeps serving, the
+  replica stays healthy and `status()` reports the error.
+- `check_health` (called by Serve periodically) raises while the replica has no
+  model and its load failed, so Serve replaces it.
 """
 
 from __future__ import annotations
@@ -22,123 +36,201 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from deployments.metrics import model_metrics
+from voxgraph import models
 from voxgraph.errors import BadRequest, ModelFailed, ModelLoading
 from voxgraph.types import ModelInfo
 
 logger = logging.getLogger("ray.serve")
 
+try:
+    from voxgraph.settings import ModelConfig  # type: ignore[attr-defined]
+except ImportError:
 
-class ModelConfig(BaseModel):
-    """A model deployment's `user_config`; every field can change in place."""
+    class ModelConfig(BaseModel):  # type: ignore[no-redef]
+        """A model deployment's `user_config`; every field can change in place."""
 
-    model: str
-    """Hugging Face / NGC model name (from_pretrained) or local `.nemo` path (restore_from)."""
-    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
-    """Autocast precision on CUDA; CPU always runs fp32."""
-    max_batch_size: int = Field(8, ge=1)
-    """Most requests (embedder: clips) fused into one forward pass."""
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    """How long the first request of a batch waits for others (seconds)."""
-    load_wait_s: float = Field(600.0, ge=0)
-    """How long a starting replica holds off traffic while its model loads (seconds)."""
+        model: str
+        """Hugging Face / NGC model name (from_pretrained) or local `.nemo` path (restore_from)."""
+        precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
+        """Autocast precision on CUDA; CPU always runs fp32."""
+        max_batch_size: int = Field(8, ge=1)
+        """Most requests (embedder: clips) fused into one forward pass."""
+        batch_wait_timeout_s: float = Field(0.01, ge=0)
+        """How long the first request of a batch waits for others (seconds)."""
+        load_wait_s: float = Field(600.0, ge=0)
+        """How long a starting replica holds off traffic while its model loads (seconds)."""
+
+
+__all__ = ["LoadRunner", "ModelConfig", "ModelHost", "check_audio"]
+
+LoadRunner = Callable[[str, str, str, str], Any]
+"""`(role, model, device, precision) -> runner`: load a model and wrap it for serving."""
+
+Key = tuple[str, str]
+"""(model, precision): what a runner is built from; anything else changes in place."""
 
 
 class ModelHost:
-    """Mixin for the model deployments; subclasses set `role` and `_build_runner`."""
+    """Mixin for the model deployments; subclasses set `role` (and `batched`)."""
 
     role: ClassVar[str]
     batched: ClassVar[tuple[str, ...]] = ()
+    """Names of the subclass's `@serve.batch` methods, sized from the config."""
+
+    load_runner: ClassVar[LoadRunner] = staticmethod(models.load_runner)
+    """The loader; NeMo's by default. Tests put a fake one here."""
+    pick_device: ClassVar[Callable[[], str]] = staticmethod(models.pick_device)
 
     def __init__(self, **config: Any):
         self._config = ModelConfig(**config)
+        self._apply_batching(self._config)
+        self._lock = threading.Lock()
+        self._wanted: Key | None = None  # None until something starts the first load
+        self._failed: Key | None = None  # the wanted key whose last load failed
         self._runner: Any = None
-        self._loaded_key: tuple[str, str] | None = None
-        self._loading_key: tuple[str, str] | None = None
-        self._state = "idle"
+        self._loaded: Key | None = None
+        self._state = "loading"
         self._error: str | None = None
         self._device = "unknown"
         self._load_seconds: float | None = None
-        self._lock = threading.Lock()
-        self._load_done = threading.Event()  # set when the latest load ends, either way
-        # Ray calls reconfigure() right after __init__ when a user_config is
-        # set; without one nothing would start the load, so apply it here too.
-        self._apply(self._config)
+        self._worker: threading.Thread | None = None
+        self._idle = threading.Event()  # set while no load is pending
+        self._idle.set()
+
+    # ------------------------------------------------------------ Serve hooks
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        merged = {**self._config.model_dump(), **(user_config or {})}
-        self._apply(ModelConfig(**merged))
+        config = ModelConfig(**{**self._config.model_dump(), **(user_config or {})})
+        self._config = config
+        self._apply_batching(config)
+        self._want(config)
         if self._runner is None:
             # Serve routes nothing to a starting replica until this returns. On a live
-            # replica (a model swapped in place) the old runner keeps serving: no wait.
-            await asyncio.to_thread(self._load_done.wait, self._config.load_wait_s)
+            # replica the old runner keeps serving while the new one loads: no wait.
+            await asyncio.to_thread(self.wait_idle, config.load_wait_s)
+            self._raise_if_failed()
 
-    def _apply(self, config: ModelConfig) -> None:
-        self._config = config
+    def check_health(self) -> None:
+        """Raise while the replica has no model and its load failed: Serve replaces it."""
+        self._ensure_started()
+        self._raise_if_failed()
+
+    def status(self) -> ModelInfo:
+        self._ensure_started()
+        with self._lock:
+            runner, loaded = self._runner, self._loaded
+            return ModelInfo(
+                role=self.role,
+                model=loaded[0] if loaded else self._config.model,
+                device=self._device,
+                state=self._state,
+                error=self._error,
+                load_seconds=self._load_seconds,
+                capabilities=dict(getattr(runner, "capabilities", {}) or {}),
+            )
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no load is pending (the wanted model is in or failed); False on timeout."""
+        return self._idle.wait(timeout)
+
+    # ------------------------------------------------------------ loading
+
+    def _apply_batching(self, config: ModelConfig) -> None:
         for name in self.batched:
             method = getattr(self, name)
             method.set_max_batch_size(config.max_batch_size)
             method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def _ensure_started(self) -> None:
+        if self._wanted is None:
+            self._want(self._config)
+
+    def _want(self, config: ModelConfig) -> None:
+        """Make `config`'s model the one to serve; start the loader if it is idle."""
         key = (config.model, config.precision)
         with self._lock:
-            if key in (self._loaded_key, self._loading_key):
+            self._wanted = key
+            # An explicit reconfigure retries a model that failed before.
+            self._failed = None
+            if key == self._loaded:
+                # Back to what is serving: a load still running for another key is
+                # dropped when it ends, and its error no longer applies.
+                self._error = None
                 return
-            self._loading_key = key
             if self._runner is None:
                 self._state = "loading"
-            self._load_done = done = threading.Event()
-        threading.Thread(
-            target=self._load, args=(key, done), name=f"load-{self.role}", daemon=True
-        ).start()
+            if self._worker is None:
+                self._idle.clear()
+                self._worker = threading.Thread(
+                    target=self._work, name=f"load-{self.role}", daemon=True
+                )
+                self._worker.start()
 
-    def _load(self, key: tuple[str, str], done: threading.Event) -> None:
-        try:
-            self._load_model(key)
-        finally:
-            done.set()
-
-    def _load_model(self, key: tuple[str, str]) -> None:
-        model, precision = key
-        t0 = time.perf_counter()
-        try:
-            from voxgraph.models import load_model, pick_device
-
-            device = pick_device()
-            runner = self._build_runner(load_model(self.role, model, device), device, precision)
-        except Exception as e:  # a bad path or name must not kill the replica
-            logger.exception("loading %s model %r failed", self.role, model)
+    def _work(self) -> None:
+        """Load the wanted key until what is installed (or failed) is what is wanted."""
+        while True:
             with self._lock:
-                if self._loading_key == key:
-                    self._loading_key = None
-                    if self._runner is None:
-                        self._state = "failed"
-                    self._error = f"{type(e).__name__}: {e}"
-            return
+                key = self._wanted
+                if key is None or key in (self._loaded, self._failed):
+                    self._worker = None
+                    self._idle.set()
+                    return
+                # A precision change re-wraps the loaded model instead of loading it again.
+                base = self._runner if self._loaded and self._loaded[0] == key[0] else None
+            t0 = time.perf_counter()
+            try:
+                runner, device = self._build(key, base)
+            except Exception as e:  # a bad path or name must not kill the replica
+                logger.exception("loading %s model %r failed", self.role, key[0])
+                with self._lock:
+                    if self._wanted == key:
+                        self._failed = key
+                        self._error = f"{type(e).__name__}: {e}"
+                        if self._runner is None:
+                            self._state = "failed"
+                continue
+            seconds = time.perf_counter() - t0
+            with self._lock:
+                superseded = self._wanted != key
+                if not superseded:
+                    old = self._runner
+                    self._runner, self._loaded = runner, key
+                    self._device = device
+                    self._state, self._error, self._load_seconds = "ready", None, seconds
+            if superseded:
+                logger.info("%s model %r loaded but superseded; freeing it", self.role, key[0])
+                _close(runner)
+            else:
+                logger.info(
+                    "%s model %r (%s) ready on %s in %.1fs",
+                    self.role,
+                    key[0],
+                    key[1],
+                    self._device,
+                    seconds,
+                )
+                # Calls already running on the old runner hold their own reference to it.
+                del old
+            del runner
+            models.release_memory()
+
+    def _build(self, key: Key, base: Any) -> tuple[Any, str]:
+        """A runner for `key` and its device; from `base` when only the precision differs."""
+        model, precision = key
+        if base is not None and hasattr(base, "with_precision"):
+            return base.with_precision(precision), self._device
+        device = self.pick_device()
+        return self.load_runner(self.role, model, device, precision), device
+
+    def _raise_if_failed(self) -> None:
         with self._lock:
-            if self._loading_key != key:  # superseded by a newer reconfigure
-                return
-            self._runner, self._loaded_key, self._loading_key = runner, key, None
-            self._device, self._state, self._error = device, "ready", None
-            self._load_seconds = time.perf_counter() - t0
-        logger.info(
-            "%s model %r ready on %s in %.1fs", self.role, model, device, self._load_seconds
-        )
+            if self._runner is None and self._state == "failed":
+                raise RuntimeError(f"the {self.role} model failed to load: {self._error}")
 
-    def _build_runner(self, model: Any, device: str, precision: str) -> Any:
-        raise NotImplementedError
-
-    def status(self) -> ModelInfo:
-        runner = self._runner
-        return ModelInfo(
-            role=self.role,
-            model=self._loaded_key[0] if self._loaded_key else self._config.model,
-            device=self._device,
-            state=self._state,
-            error=self._error,
-            load_seconds=self._load_seconds,
-            capabilities=dict(getattr(runner, "capabilities", {}) or {}),
-        )
+    # ------------------------------------------------------------ serving
 
     def _require_runner(self) -> Any:
+        self._ensure_started()
         runner = self._runner
         if runner is not None:
             return runner
@@ -162,6 +254,13 @@ class ModelHost:
             len(items), [start - t for t in enqueued], audio_s, busy
         )
         return out
+
+
+def _close(runner: Any) -> None:
+    """Free a runner that never served (a superseded load)."""
+    close = getattr(runner, "close", None)
+    if callable(close):
+        close()
 
 
 def check_audio(audio: Any) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -255,29 +254,10 @@ class Cluster:
 
     def pids(self) -> set[int]:
         """Every live process started by our two `ray start`s (descendants included)."""
-        children: dict[int, list[int]] = {}
-        pgids: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-            pgids[int(entry)] = int(stat[2])
-        groups = {n.proc.pid for n in self.nodes}  # start_new_session: pgid == its pid
-        found = {p for p, g in pgids.items() if g in groups}
-        # Descendants too (in case one left the group), but only below a `ray start`
-        # not yet reaped: a reaped pid may already belong to someone else.
-        todo = [n.proc.pid for n in self.nodes if n.proc.returncode is None]
-        while todo:
-            p = todo.pop()
-            if p in pgids:
-                found.add(p)
-            todo.extend(c for c in children.get(p, ()) if c not in found)
-        return found
+        return process_tree(
+            {n.proc.pid for n in self.nodes},
+            {n.proc.pid for n in self.nodes if n.proc.returncode is None},
+        )
 
     def stop(self, grace_s: float = 45) -> list[int]:
         """SIGTERM each `ray start --block` (it drains and stops its node), then SIGKILL
@@ -301,25 +281,56 @@ class Cluster:
         return left
 
     def non_loopback_sockets(self) -> list[str]:
-        """Our processes' TCP sockets (listening or connected) that touch anything but
-        loopback, from `ss -tanpH`."""
-        if shutil.which("ss") is None:
-            return []  # no iproute2 here: nothing to check with (reported as unchecked)
-        mine = self.pids()
-        out = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True, check=True).stdout
-        bad = []
-        for line in out.splitlines():
-            cols = line.split()
-            if len(cols) < 6 or "pid=" not in line:
-                continue
-            state, local, peer = cols[0], cols[3], cols[4]
-            pids = {int(x.split(",")[0]) for x in line.split("pid=")[1:]}
-            if not pids & mine:
-                continue
-            hosts = [local] if state == "LISTEN" else [local, peer]
-            if not all(_loopback(h.rsplit(":", 1)[0]) for h in hosts):
-                bad.append(" ".join(cols))
-        return bad
+        return non_loopback_sockets(self.pids())
+
+
+def process_tree(groups: set[int], live_roots: set[int]) -> set[int]:
+    """Live pids in the process groups `groups` (leaders started with start_new_session),
+    plus every descendant of `live_roots` (in case one left its group).
+
+    Only roots not yet reaped are walked: a reaped pid may already belong to someone else.
+    """
+    children: dict[int, list[int]] = {}
+    pgids: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(stat[1]), []).append(int(entry))
+        pgids[int(entry)] = int(stat[2])
+    found = {p for p, g in pgids.items() if g in groups}
+    todo = list(live_roots)
+    while todo:
+        p = todo.pop()
+        if p in pgids:
+            found.add(p)
+        todo.extend(c for c in children.get(p, ()) if c not in found)
+    return found
+
+
+def non_loopback_sockets(pids: set[int]) -> list[str]:
+    """TCP sockets (listening or connected) of `pids` that touch anything but loopback,
+    from `ss -tanpH` (empty when there is no `ss` to ask)."""
+    if shutil.which("ss") is None:
+        return []
+    out = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True, check=True).stdout
+    bad = []
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) < 6 or "pid=" not in line:
+            continue
+        state, local, peer = cols[0], cols[3], cols[4]
+        owners = {int(x.split(",")[0]) for x in line.split("pid=")[1:]}
+        if not owners & pids:
+            continue
+        hosts = [local] if state == "LISTEN" else [local, peer]
+        if not all(_loopback(h.rsplit(":", 1)[0]) for h in hosts):
+            bad.append(" ".join(cols))
+    return bad
 
 
 def _loopback(host: str) -> bool:
@@ -432,27 +443,6 @@ def replica_ids(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ load
 
 
-def clip_wav(seconds: float = 8.0, seed: int = 0) -> bytes:
-    """Harmonic bursts with pauses as a 16 kHz WAV (the models get more than silence)."""
-    import numpy as np
-    import soundfile as sf
-
-    sr = 16000
-    rng = np.random.default_rng(seed)
-    out = np.zeros(int(seconds * sr), dtype=np.float32)
-    pos = 0
-    while pos < len(out):
-        n = min(int(rng.uniform(0.4, 1.6) * sr), len(out) - pos)
-        t = np.arange(n) / sr
-        f0 = rng.uniform(90, 260)
-        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
-        out[pos : pos + n] = 0.2 * tone * np.sin(np.pi * np.linspace(0, 1, n)) ** 2
-        pos += n + int(rng.uniform(0.1, 0.6) * sr)
-    buf = io.BytesIO()
-    sf.write(buf, out, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 @dataclass
 class Load:
     """Closed-loop clients posting one clip each, counting outcomes."""
@@ -536,6 +526,9 @@ async def _wait_healthy(serve: Serve, client: Any, timeout_s: float) -> None:
 async def scenario(cluster: Cluster, workdir: Path, report: dict[str, Any]) -> None:
     import httpx
 
+    from voxgraph.audio import encode_wav
+    from voxgraph.synth import speechlike
+
     http_port = free_ports(1)[0]
     serve = Serve(cluster, http_port)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -564,7 +557,7 @@ async def scenario(cluster: Cluster, workdir: Path, report: dict[str, Any]) -> N
         report["non_loopback_sockets"] = cluster.non_loopback_sockets()
 
         # ---- burst: scale up, on both nodes
-        audio = clip_wav()
+        audio = encode_wav(speechlike(8.0, seed=0))
         burst = Load(serve.url, audio, concurrency=24)
         t_load = time.monotonic()
         burst.start(client)
@@ -695,7 +688,7 @@ def run(workdir: Path | None = None, keep_logs: bool = False) -> dict[str, Any]:
 
 
 def verify(report: dict[str, Any]) -> None:
-    """What the issue asks for, as assertions with the evidence in each message."""
+    """What a cluster deployment must show, as assertions with the evidence in each message."""
     heads = [nid for nid, n in report["nodes"].items() if n["head"]]
     assert len(report["nodes"]) == 2 and len(heads) == 1, report["nodes"]
     for nid, n in report["nodes"].items():

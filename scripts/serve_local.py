@@ -3,12 +3,17 @@
 `python scripts/serve_local.py serve_config.yaml` is `serve run` with Ray bound
 to 127.0.0.1 and relative `.nemo` paths resolved against the repository, so
 the demo works from any directory. Tests import `start()`.
+
+Other Python processes on this machine can join this Ray to call the app's
+handle: once ready, it prints the two variables they need (`driver_env()`),
+`RAY_ADDRESS=127.0.0.1:<--ray-port>` and `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -45,14 +50,45 @@ def load_config(path: str | Path) -> dict[str, Any]:
         return _resolve_paths(yaml.safe_load(f))
 
 
+def driver_env(ray_address: str) -> dict[str, str]:
+    """What a separate Python process must export to join this Ray and use handles.
+
+    Ray on Linux swaps 127.0.0.1 for the machine's network address when a driver
+    joins, then looks for this node's raylet there and times out: this Ray has no
+    server on that address. With the switch at 0 the driver stays on loopback (the
+    same setting the head runs with).
+    """
+    return {"RAY_ADDRESS": ray_address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def ray_address() -> str:
+    """host:port of the running Ray's GCS, what `RAY_ADDRESS` names."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start(
     config_path: str | Path,
     *,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     port: int | None = None,
+    ray_port: int | None = None,
 ) -> dict[str, Any]:
-    """ray.init on 127.0.0.1, then deploy every application of the config (non-blocking)."""
+    """ray.init on 127.0.0.1, then deploy every application of the config (non-blocking).
+
+    `ray_port` fixes Ray's GCS port (what other drivers join); by default Ray picks one.
+    """
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -68,18 +104,29 @@ def start(
             app.setdefault("runtime_env", {})["worker_process_setup_hook"] = LOOPBACK_HOOK
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            namespace="serve",
-            runtime_env={
-                "env_vars": {"PYTHONPATH": str(ROOT)},
-                # Apps deployed with serve.run from this driver (tests' variants) too.
-                **({"worker_process_setup_hook": LOOPBACK_HOOK} if local_only else {}),
-            },
-        )
+        # ray.init has no port argument; the GCS it starts reads this variable.
+        previous = os.environ.get("RAY_GCS_SERVER_PORT")
+        if ray_port is not None:
+            os.environ["RAY_GCS_SERVER_PORT"] = str(ray_port)
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                namespace="serve",
+                runtime_env={
+                    "env_vars": {"PYTHONPATH": str(ROOT)},
+                    # Apps deployed with serve.run from this driver (tests' variants) too.
+                    **({"worker_process_setup_hook": LOOPBACK_HOOK} if local_only else {}),
+                },
+            )
+        finally:
+            if ray_port is not None:
+                if previous is None:
+                    os.environ.pop("RAY_GCS_SERVER_PORT", None)
+                else:
+                    os.environ["RAY_GCS_SERVER_PORT"] = previous
     _check_gpus(schema, ray.cluster_resources().get("GPU", 0.0))
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
@@ -144,15 +191,36 @@ def main() -> int:
         default=None,
         help="logical GPUs to declare (default: what Ray detects)",
     )
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
+    p.add_argument(
+        "--ray-port",
+        type=int,
+        default=None,
+        help="Ray's port on 127.0.0.1, for Python drivers to join "
+        "(default: a free one; if this one is taken, a free one instead)",
+    )
     args = p.parse_args()
     t0 = time.monotonic()
-    config = start(args.config, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    ray_port = args.ray_port
+    if ray_port is not None and not port_free(ray_port):
+        print(f"127.0.0.1:{ray_port} is taken; Ray takes a free port instead", flush=True)
+        ray_port = None
+    config = start(
+        args.config,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        port=args.port,
+        ray_port=ray_port,
+    )
     port = int(config["http_options"].get("port", 8000))
     print(f"deploying {args.config}; waiting for http://127.0.0.1:{port}/health ...", flush=True)
     wait_healthy(port)
+    exports = " ".join(f"{k}={v}" for k, v in driver_env(ray_address()).items())
     print(
         f"voxgraph ready on http://127.0.0.1:{port} after {time.monotonic() - t0:.1f}s "
-        "(docs: /docs). Ctrl-C stops it.",
+        "(docs: /docs). Ctrl-C stops it.\n"
+        "Python handles from another process on this machine (README: Python handle):\n"
+        f"  export {exports}",
         flush=True,
     )
     try:

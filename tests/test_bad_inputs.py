@@ -120,6 +120,11 @@ def patched(data: bytes, offset: int, value: int, size: int) -> bytes:
     return bytes(out)
 
 
+def cut(data: bytes, keep: float = 0.4) -> bytes:
+    """The first `keep` of a file's bytes, as an interrupted upload or copy leaves it."""
+    return data[: int(len(data) * keep)]
+
+
 def flac_silence(seconds: float, rate: int = 8000, length_in_header: bool = True) -> bytes:
     """Compressed silence: kilobytes that decode to `seconds` of audio."""
     buf = io.BytesIO()
@@ -223,11 +228,30 @@ CASES: list[Case] = [
     # --- WAV headers that lie
     ok("wav-huge-declared-data-size", lambda: patched(_WAV, 40, 0x7FFFFFF0, 4)),
     ok("wav-huge-declared-riff-size", lambda: patched(_WAV, 4, 0xFFFFFFFF, 4)),
-    ok("wav-truncated-data", lambda: _WAV[: 44 + int(SR * SECONDS)], duration=SECONDS / 2),
     ok("wav-zero-length-data", lambda: wav(np.zeros(0, np.float32)), duration=0.0),
     bad("wav-unknown-codec", 400, _UNDECODABLE, lambda: patched(_WAV, 20, 0x1234, 2)),
     bad("wav-zero-channels", 400, _UNDECODABLE, lambda: patched(_WAV, 22, 0, 2)),
     bad("wav-zero-sample-rate", 400, _UNDECODABLE, lambda: patched(_WAV, 24, 0, 4)),
+    # --- files cut short: refused as such, never transcribed as if complete
+    bad("wav-truncated-data", 400, "truncated", lambda: _WAV[: 44 + int(SR * SECONDS)]),
+    bad(
+        "wav-declares-more-than-it-holds",
+        400,
+        "truncated",
+        lambda: patched(wav(clip(6.0)), 40, 18 * SR * 2, 4),
+    ),
+    *(
+        bad(f"{name}-cut-short", 400, "truncated", lambda make=make: cut(make()), route=route)
+        for name, make, route in (
+            ("flac", lambda: sf_file("FLAC", "PCM_16", 44100), T),
+            ("mp3", lambda: sf_file("MP3", "MPEG_LAYER_III", 44100), T),
+            ("ogg-vorbis", lambda: sf_file("OGG", "VORBIS", 44100), T),
+            ("ogg-opus", lambda: sf_file("OGG", "OPUS", 48000), T),
+            ("m4a", lambda: av_file("ipod", "aac", 44100), T),
+            ("webm", lambda: av_file("webm", "libopus", 48000), C),
+            ("mp4-video", lambda: av_file("mp4", "aac", 44100, video="libx264"), C),
+        )
+    ),
     # --- sample formats
     *(
         ok(f"wav-{sub.lower()}", lambda sub=sub: wav(clip(), subtype=sub))

@@ -3,7 +3,7 @@
 - bench/monolith.py serves the graph's audio routes with the graph's response shapes
   (tiny models, in-process ASGI client, no Ray and no socket);
 - bench/gpu.py's pure parts and its sweep / precision helpers work at tiny size;
-- bench/throughput.py's defaults are the issue's K = 1, 8, 32.
+- bench/throughput.py's defaults are K = 1, 8, 32 clients.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def _routes(app) -> set[tuple[str, str]]:
 
 def test_monolith_has_the_graphs_routes():
     from bench.monolith import Monolith, create_app
-    from deployments.ingress import api
+    from deployments.http_app import build_api
 
-    graph_routes = _routes(api) & AUDIO_ROUTES
+    graph_routes = _routes(build_api(None)) & AUDIO_ROUTES
     assert graph_routes == AUDIO_ROUTES, "the ingress itself should serve every audio route"
     unloaded = Monolith({"asr": "a.nemo", "diarizer": "d.nemo", "embedder": "e.nemo"})
     assert graph_routes <= _routes(create_app(unloaded))

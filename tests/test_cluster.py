@@ -1,4 +1,4 @@
-"""Issue 6, part 1: voxgraph on a real two-node Ray cluster on loopback.
+"""voxgraph on a real two-node Ray cluster on loopback.
 
 `ray start` a head and a worker (127.0.0.1, one logical GPU each, private temp dir,
 free ports), `serve deploy` a config derived from serve_config.yaml with the tiny

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +12,27 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 import graph
+from voxgraph.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("ASR", "Diarizer", "Embedder")
 # What the file's header promises: it runs on 4 logical CPUs.
 CPU_BUDGET = 4
+
+
+@pytest.fixture(autouse=True)
+def _no_voxgraph_env(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
 
 
 def _raw(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / name).read_text())
 
 
-def _deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _args(config: dict[str, Any]) -> graph.VoxgraphArgs:
     (app,) = config["applications"]
-    return {d["name"]: d for d in app["deployments"]}
+    return graph.VoxgraphArgs(**app["args"])
 
 
 @pytest.fixture(scope="module")
@@ -46,47 +54,52 @@ def test_valid_and_same_graph_as_production(cpu, gpu):
         prod.import_path,
         prod.route_prefix,
     )
-    assert [d.name for d in app.deployments] == [d.name for d in prod.deployments]
-    assert {d.name for d in app.deployments} == {
-        graph.Ingress.name,
-        graph.ASR.name,
-        graph.Diarizer.name,
-        graph.Embedder.name,
-    }
     assert schema.http_options.host == "127.0.0.1"
+    assert not app.deployments and not app.runtime_env, "typed args only"
+    graph.build_app(_args(cpu))
 
 
 def test_real_models_no_gpu_fp32_smaller_batches(cpu, gpu):
-    ours, prod = _deployments(cpu), _deployments(gpu)
-    for name, d in ours.items():
-        # Explicit zero: a share on a GPU-less machine never schedules and never errors.
-        assert d["ray_actor_options"]["num_gpus"] == 0, name
-        assert "autoscaling_config" not in d, f"{name}: replicas on CPU share the same cores"
-    for name in MODELS:
-        cfg, prod_cfg = ours[name]["user_config"], prod[name]["user_config"]
-        assert cfg["model"] == prod_cfg["model"] == graph.DEFAULT_MODELS[name.lower()]
-        assert cfg["precision"] == "fp32"
-        assert cfg["max_batch_size"] < prod_cfg["max_batch_size"]
-        assert ours[name]["max_queued_requests"] <= prod[name]["max_queued_requests"]
-    env = cpu["applications"][0]["runtime_env"]["env_vars"]
-    assert env["VOXGRAPH_CPU_ONLY"] == "1"
-    assert all(isinstance(v, str) for v in env.values())  # runtime_env wants strings
+    ours, prod = _args(cpu), _args(gpu)
+    assert ours.cpu_only
+    for role, d in ours.model_deployments().items():
+        p = getattr(prod, role)
+        # Zero: a share on a GPU-less machine never schedules and never errors.
+        assert d.num_gpus == 0, role
+        # No autoscaling: replicas on CPU share the same cores.
+        assert d.min_replicas == d.max_replicas == 1, role
+        assert "autoscaling_config" not in graph.deployment_options(d), role
+        assert d.model == p.model == graph.ROLE_DEFAULTS[role]["model"]
+        assert d.precision == "fp32"
+        assert d.max_batch_size < p.max_batch_size, role
+        assert d.max_queued_requests <= p.max_queued_requests, role
 
 
 def test_fits_the_cpu_budget_with_useful_threads(cpu):
-    deployments = _deployments(cpu)
-    total = sum(
-        d["ray_actor_options"]["num_cpus"] * d.get("num_replicas", 1) for d in deployments.values()
+    args = _args(cpu)
+    total = args.ingress.num_cpus * args.ingress.num_replicas + sum(
+        d.num_cpus * d.max_replicas for d in args.model_deployments().values()
     )
     assert total <= CPU_BUDGET
     # Ray sets OMP_NUM_THREADS = floor(num_cpus) in the replica: the ASR, the
     # slowest model on CPU, must get at least two torch threads.
-    assert math.floor(deployments["ASR"]["ray_actor_options"]["num_cpus"]) >= 2
+    assert math.floor(args.asr.num_cpus) >= 2
 
 
-def test_code_defaults_are_cpu_only_too(monkeypatch):
-    # graph:app is built from VoxgraphArgs(); the profile's VOXGRAPH_CPU_ONLY=1 zeroes
-    # the code's GPU shares as well, not only the config's overrides.
+def test_model_calls_time_out_before_the_proxy(cpu):
+    # A slow model call must end in the service's own 503, not in the proxy's timeout.
+    settings = _args(cpu).settings
+    assert settings["request_timeout_s"] < cpu["http_options"]["request_timeout_s"]
+    assert settings["max_audio_s"] < Settings.model_fields["max_audio_s"].default  # GPU: 4 h
+
+
+def test_cpu_only_zeroes_every_share(monkeypatch):
+    # graph:app is built from VoxgraphArgs(); VOXGRAPH_CPU_ONLY=1 zeroes the code's GPU
+    # shares, and so does the cpu_only arg even over a share given explicitly.
     monkeypatch.setenv("VOXGRAPH_CPU_ONLY", "1")
     args = graph.VoxgraphArgs()
-    assert all(getattr(args, r).num_gpus == 0 for r in ("asr", "diarizer", "embedder"))
+    assert all(d.num_gpus == 0 for d in args.model_deployments().values())
+    monkeypatch.delenv("VOXGRAPH_CPU_ONLY")
+    assert graph.VoxgraphArgs().asr.num_gpus > 0
+    args = graph.VoxgraphArgs(cpu_only=True, asr={"num_gpus": 0.4})
+    assert args.asr.num_gpus == 0

@@ -2,12 +2,15 @@
 
 A subset of the RayService CRD as JSON Schema (the fields KubeRay requires and
 their types), Ray's own ServeDeploySchema for serveConfigV2, serveConfigV2 kept
-equal to serve_config.yaml, and the fractional GPU shares at their autoscaling
-maximum packed onto the GPUs the worker group can provide.
+equal to serve_config.yaml, the fractional GPU shares at their autoscaling
+maximum packed onto the GPUs the worker group can provide, Ray's token
+authentication on with its token from a Secret, and a NetworkPolicy that admits
+only the Serve port from outside the Ray pods.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,15 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve.schema import ServeDeploySchema
+
+import graph
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
-MODEL_DEPLOYMENTS = {"ASR", "Diarizer", "Embedder"}
+ROLE_DEPLOYMENTS = {"asr": "ASR", "diarizer": "Diarizer", "embedder": "Embedder"}
+MODEL_DEPLOYMENTS = set(ROLE_DEPLOYMENTS.values())
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = {"type": ["string", "integer", "number"]}
@@ -101,6 +108,15 @@ RAYSERVICE_SCHEMA = {
                     "properties": {
                         "rayVersion": {"type": "string"},
                         "enableInTreeAutoscaling": {"type": "boolean"},
+                        "authOptions": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "mode": {"enum": ["disabled", "token"]},
+                                "secretName": {"type": "string", "pattern": DNS_LABEL},
+                                "enableK8sTokenAuth": {"type": "boolean"},
+                            },
+                        },
                         "headGroupSpec": {
                             "type": "object",
                             "required": ["rayStartParams", "template"],
@@ -196,7 +212,7 @@ def _quantity(q: str | float) -> float:
 
 
 def test_documents_and_rayservice_schema(docs, rayservice):
-    assert set(docs) == {"RayService", "PersistentVolumeClaim"}
+    assert set(docs) == {"RayService", "PersistentVolumeClaim", "NetworkPolicy"}
     jsonschema.validate(rayservice, RAYSERVICE_SCHEMA)
     assert docs["PersistentVolumeClaim"]["apiVersion"] == "v1"
 
@@ -255,7 +271,11 @@ def test_worker_group_is_gpu_and_head_is_not(rayservice):
 def test_serve_config_v2_is_a_valid_serve_config(serve_config_v2):
     schema = ServeDeploySchema.model_validate(serve_config_v2)
     (app,) = schema.applications
-    assert {d.name for d in app.deployments} == MODEL_DEPLOYMENTS | {"Ingress"}
+    assert app.import_path == "graph:build_app"
+    names = {
+        d.name for d in build_serve_app(graph.build_app(_args(app.args)), name="x").deployments
+    }
+    assert names == MODEL_DEPLOYMENTS | {"Ingress"}
     # KubeRay's Services reach the proxies through the pod IP, never loopback.
     assert schema.http_options.host == "0.0.0.0"
 
@@ -275,14 +295,23 @@ def test_serve_config_v2_matches_serve_config_yaml(serve_config_v2, production):
 # ------------------------------------------------------------------ GPU shares
 
 
+def _args(args: dict[str, Any]) -> graph.VoxgraphArgs:
+    """The builder args as the cluster sees them: no VOXGRAPH_* variable in the pods
+    changes them (test_environment), so none from this machine may either."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.upper().startswith("VOXGRAPH_")}
+    try:
+        return graph.VoxgraphArgs(**args)
+    finally:
+        os.environ.update(saved)
+
+
 def _replicas(app: dict[str, Any], at: str) -> list[tuple[str, float, float]]:
     """(deployment, gpus, cpus) for every replica, at min or max autoscaling."""
-    out = []
-    for d in app["deployments"]:
-        opts = d.get("ray_actor_options", {})
-        auto = d.get("autoscaling_config")
-        n = auto[f"{at}_replicas"] if auto else d.get("num_replicas", 1)
-        out += [(d["name"], float(opts.get("num_gpus", 0)), float(opts.get("num_cpus", 1)))] * n
+    args = _args(app["args"])
+    out = [("Ingress", 0.0, args.ingress.num_cpus)] * args.ingress.num_replicas
+    for role, d in args.model_deployments().items():
+        n = d.min_replicas if at == "min" else d.max_replicas
+        out += [(ROLE_DEPLOYMENTS[role], d.num_gpus, d.num_cpus)] * n
     return out
 
 
@@ -384,14 +413,169 @@ def test_readiness_on_health(rayservice, serve_config_v2):
 
 
 def test_environment(rayservice, serve_config_v2):
-    app_env = serve_config_v2["applications"][0]["runtime_env"]["env_vars"]
-    groups = [_head(rayservice), *_workers(rayservice)]
-    for group in groups:
+    settings = serve_config_v2["applications"][0]["args"]["settings"]
+    assert settings["max_upload_mb"] == 200 and settings["max_audio_s"] == 14400
+    for group in [_head(rayservice), *_workers(rayservice)]:
         env = _env(_container(group))
         assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
-        assert env["RAY_AUTH_MODE"]["value"] == "disabled"
+        # Limits live in serveConfigV2's args only (they win over the environment):
+        # a second copy here could only disagree.
         for var in ("MAX_UPLOAD_MB", "MAX_AUDIO_S"):
-            assert env[var]["value"] == app_env[var], var
+            assert var not in env, var
+        # Nor do the pods override the builder args or settings from the environment:
+        # the API keys are the one VOXGRAPH_* variable (a secret has no place in args).
+        assert {v for v in env if v.startswith("VOXGRAPH_")} == {"VOXGRAPH_API_KEY"}
         key = env["VOXGRAPH_API_KEY"]["valueFrom"]["secretKeyRef"]
-        # Optional: the service starts without the Secret (open, like the defaults).
-        assert key["name"] and key["optional"] is True
+        # Required: port 8000 is open to the cluster, so no pod starts without keys.
+        assert key["name"] and not key.get("optional", False)
+
+
+# ------------------------------------------------------------------ Ray token auth
+
+
+def test_token_auth_is_never_disabled():
+    text = MANIFEST.read_text()
+    assert not re.search(r"RAY_AUTH_MODE\W+(value:\s*)?[\"']?disabled", text, re.I)
+    for doc in yaml.safe_load_all(text):
+        for env in _all_env(doc):
+            if env.get("name") == "RAY_AUTH_MODE":
+                assert env.get("value") == "token", env
+
+
+def test_token_auth_from_a_secret(rayservice):
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    auth = cluster["authOptions"]
+    # The operator reads this Secret to authenticate its own dashboard calls (the
+    # ones that deploy serveConfigV2); without secretName it would make its own.
+    assert auth["mode"] == "token" and auth["secretName"]
+    # Ray's token auth needs Ray >= 2.52 (KubeRay refuses authOptions below it).
+    assert tuple(int(x) for x in cluster["rayVersion"].split(".")[:2]) >= (2, 52)
+    for group in [_head(rayservice), *_workers(rayservice)]:
+        env = _env(_container(group))
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        token = env["RAY_AUTH_TOKEN"]
+        assert "value" not in token, "the token comes from a Secret, never inline"
+        ref = token["valueFrom"]["secretKeyRef"]
+        # KubeRay's Secret convention: the data key `auth_token`, and the same Secret
+        # as authOptions, so the operator and the pods share one token.
+        assert ref == {"name": auth["secretName"], "key": "auth_token"}
+
+
+def _all_env(node: Any) -> list[dict[str, Any]]:
+    """Every env entry anywhere in a document (containers, init containers, sidecars)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "env" and isinstance(value, list):
+                found += [e for e in value if isinstance(e, dict)]
+            else:
+                found += _all_env(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _all_env(value)
+    return found
+
+
+# ------------------------------------------------------------------ NetworkPolicy
+
+# Labels KubeRay adds to every Ray pod it creates, besides the template's own.
+KUBERAY_POD_LABELS = {"ray.io/is-ray-node": "yes"}
+OPERATOR = {"labels": {"app.kubernetes.io/name": "kuberay-operator"}, "namespace": "kuberay"}
+SERVE_PORT = 8000
+HEAD_PORTS = {6379, 8265, 10001, 8080}  # GCS, dashboard, client, metrics
+
+
+def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A LabelSelector against labels ({} selects everything)."""
+    selector = selector or {}
+    if set(selector) - {"matchLabels"}:
+        raise AssertionError(f"only matchLabels is modelled here: {selector}")
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _peer_admitted(peer: dict[str, Any], source: dict[str, Any], own_namespace: str) -> bool:
+    """Does one `from` entry admit `source` ({labels, namespace}; no labels: off-cluster)?"""
+    if "ipBlock" in peer:
+        return True  # any address range counts as outside
+    if source.get("labels") is None:
+        return False  # an off-cluster client is no pod
+    if "namespaceSelector" in peer:
+        # Namespaces carry kubernetes.io/metadata.name; nothing else is modelled.
+        ns_labels = {"kubernetes.io/metadata.name": source["namespace"]}
+        if not _matches(peer["namespaceSelector"], ns_labels):
+            return False
+    elif source["namespace"] != own_namespace:
+        return False
+    return _matches(peer.get("podSelector"), source["labels"])
+
+
+def _admits(policy: dict[str, Any], source: dict[str, Any], port: int) -> bool:
+    """Whether `policy` lets `source` reach `port` on the pods it selects."""
+    spec = policy["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    own_namespace = "voxgraph"
+    for rule in spec.get("ingress", []):
+        peers = rule.get("from")
+        ports = rule.get("ports")
+        if ports is not None and not any(p.get("port") == port for p in ports):
+            continue
+        if peers is None or any(_peer_admitted(p, source, own_namespace) for p in peers):
+            return True
+    return False
+
+
+def _ray_pod_labels(rayservice: dict[str, Any]) -> list[dict[str, str]]:
+    groups = [_head(rayservice), *_workers(rayservice)]
+    return [{**g["template"]["metadata"]["labels"], **KUBERAY_POD_LABELS} for g in groups]
+
+
+def _outsiders() -> list[dict[str, Any]]:
+    return [
+        {"labels": None, "namespace": None},  # a client through a LoadBalancer
+        {"labels": {"app": "shell"}, "namespace": "voxgraph"},  # another pod beside us
+        {"labels": {"app.kubernetes.io/name": "voxgraph"}, "namespace": "voxgraph"},
+        {"labels": {"app": "other"}, "namespace": "elsewhere"},
+    ]
+
+
+def test_network_policy_covers_every_ray_pod(docs, rayservice):
+    policy = docs["NetworkPolicy"]
+    for labels in _ray_pod_labels(rayservice):
+        assert _matches(policy["spec"]["podSelector"], labels), labels
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_network_policy_admits_only_serve_from_outside(docs, rayservice):
+    policy = docs["NetworkPolicy"]
+    for source in _outsiders():
+        assert _admits(policy, source, SERVE_PORT), source
+        for port in HEAD_PORTS | {52365, 20000}:  # and a raylet agent / worker port
+            assert not _admits(policy, source, port), (source, port)
+
+
+def test_network_policy_lets_ray_pods_and_the_operator_in(docs, rayservice):
+    policy = docs["NetworkPolicy"]
+    for labels in _ray_pod_labels(rayservice):
+        peer = {"labels": labels, "namespace": "voxgraph"}
+        for port in HEAD_PORTS | {SERVE_PORT, 52365, 20000}:
+            assert _admits(policy, peer, port), (labels, port)
+    # The operator deploys serveConfigV2 through the dashboard, and nothing else.
+    assert _admits(policy, OPERATOR, 8265)
+    for port in HEAD_PORTS - {8265}:
+        assert not _admits(policy, OPERATOR, port), port
+
+
+def test_network_policy_check_catches_openings(docs):
+    """The evaluator is not vacuous: a policy opening a control port is caught."""
+    import copy
+
+    for extra in (
+        {"ports": [{"port": 8265}]},
+        {"from": [{"namespaceSelector": {}}]},
+        {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 6379}]},
+    ):
+        broken = copy.deepcopy(docs["NetworkPolicy"])
+        broken["spec"]["ingress"].append(extra)
+        assert any(
+            _admits(broken, source, port) for source in _outsiders() for port in HEAD_PORTS
+        ), extra

@@ -68,6 +68,24 @@ def emb(model_dir) -> M.EmbedRunner:
     return M.EmbedRunner(model, "cpu", max_batch=2)
 
 
+@pytest.fixture(scope="session")
+def odd_model_dir(tmp_path_factory) -> Path:
+    """A diarizer and an embedder whose geometry differs from the defaults: 4x subsampling
+    (40 ms frames), 3 speakers, 96-dim embeddings. Saved and restored like the others."""
+    script = _script()
+    cfgs = script.tiny_configs()
+    sortformer = cfgs["sortformer"]
+    sortformer["encoder"]["subsampling_factor"] = 4
+    sortformer["sortformer_modules"].update(subsampling_factor=4, num_spks=3)
+    sortformer["max_num_of_spks"] = 3
+    cfgs["titanet"]["decoder"]["emb_sizes"] = 96
+    out = tmp_path_factory.mktemp("odd-models")
+    script.quiet_nemo()
+    script.build_diarizer(sortformer, seed=3).save_to(str(out / "diarizer.nemo"))
+    script.build_embedder(cfgs["titanet"], seed=3).save_to(str(out / "embedder.nemo"))
+    return out
+
+
 # ----------------------------------------------------------------------------- build script
 
 
@@ -157,6 +175,78 @@ def test_pick_device():
 def test_bad_precision_rejected(asr):
     with pytest.raises(ValueError, match="precision"):
         M.AsrRunner(asr.model, "cpu", precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        asr.with_precision("int8")
+    with pytest.raises(ValueError, match="precision"):
+        M.load_runner("asr", "never-loaded.nemo", "cpu", "int8")
+
+
+def test_load_runner_wraps_each_role(model_dir):
+    kinds = {"asr": M.AsrRunner, "diarizer": M.DiarRunner, "embedder": M.EmbedRunner}
+    for role, kind in kinds.items():
+        runner = M.load_runner(role, str(model_dir / f"{role}.nemo"), "cpu", "bf16")
+        assert type(runner) is kind
+        assert (runner.device, runner.precision) == ("cpu", "bf16")
+        assert runner.model_name.endswith(f"{role}.nemo") and not runner.model.training
+
+
+def test_with_precision_shares_the_model_and_its_lock(diar):
+    bf16 = diar.with_precision("bf16")
+    assert (bf16.precision, diar.precision) == ("bf16", "fp32")
+    # One model, one lock: the two runners never run NeMo's stateful calls at once.
+    assert bf16.model is diar.model and bf16._lock is diar._lock
+    assert (bf16.frame_s, bf16.num_speakers) == (diar.frame_s, diar.num_speakers)
+    (d,) = bf16.diarize([_noise(2.0)])
+    assert d.probs.shape == (diar.num_frames(2 * SR), 4)
+
+
+def test_close_drops_the_model(model_dir):
+    import gc
+    import weakref
+
+    runner = M.load_runner("embedder", str(model_dir / "embedder.nemo"), "cpu")
+    model = weakref.ref(runner.model)
+    runner.close()
+    gc.collect()
+    assert runner.model is None and model() is None
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def test_geometry_read_from_the_tiny_models(asr, diar, emb):
+    assert (diar.hop, diar.subsampling, diar.num_speakers) == (160, 8, 4)
+    assert diar.frame_s == pytest.approx(0.08)
+    assert emb.dim == 192
+    assert asr.min_samples == 1280
+
+
+def test_geometry_follows_the_model_not_defaults(odd_model_dir):
+    diar = M.load_runner("diarizer", str(odd_model_dir / "diarizer.nemo"), "cpu")
+    assert (diar.hop, diar.subsampling, diar.num_speakers) == (160, 4, 3)
+    assert diar.frame_s == pytest.approx(0.04)
+    for n in (160, 639, 641, 16000, 16680, 50000):
+        audio = _noise(n / SR, n)
+        # NeMo's own (untrimmed) frame count for one clip is what num_frames predicts.
+        _, (raw,) = diar.model.diarize(
+            audio=[audio], sample_rate=SR, batch_size=1, include_tensor_outputs=True, verbose=False
+        )
+        assert raw.shape[-2:] == (diar.num_frames(n), 3), n
+        (d,) = diar.diarize([audio])
+        assert d.frame_s == diar.frame_s and d.probs.shape == (diar.num_frames(n), 3)
+    assert diar.diarize([np.zeros(0, np.float32)])[0].probs.shape == (0, 3)
+
+    emb = M.load_runner("embedder", str(odd_model_dir / "embedder.nemo"), "cpu")
+    assert emb.dim == 96
+    assert emb.embed([_noise(1.0), _noise(0.1)]).shape == (2, 96)
+    assert emb.embed([]).shape == (0, 96)
+
+
+def test_model_at_another_sample_rate_is_refused(model_dir):
+    model = M.load_model("diarizer", str(model_dir / "diarizer.nemo"), "cpu")
+    model.preprocessor._sample_rate = 8000
+    with pytest.raises(ValueError, match="8000 Hz"):
+        M.DiarRunner(model, "cpu")
 
 
 # ----------------------------------------------------------------------------- ASR

@@ -43,4 +43,5 @@ def test_settings_env(monkeypatch):
     monkeypatch.setenv("MAX_UPLOAD_MB", "3")
     monkeypatch.setenv("VOXGRAPH_API_KEY", "a, b")
     s = Settings.load({"max_audio_s": 60})
-    assert s.max_upload_mb == 3 and s.max_audio_s == 60 and s.api_keys == ["a", "b"]
+    assert s.max_upload_mb == 3 and s.max_audio_s == 60
+    assert [k.get_secret_value() for k in s.api_keys] == ["a", "b"]

@@ -1,8 +1,9 @@
 """A budget of decoded audio held at once, so a burst of long uploads gets 503s, not OOM.
 
 Request queues count requests, not bytes: 64 requests of 4 hours each would be
-~60 GB of float32 samples. The ingress reserves each request's decoded seconds
-here for the request's lifetime and refuses what does not fit.
+~60 GB of float32 samples. Each request reserves its audio seconds here before
+it decodes (from what the file declares, or a bound from its size), corrects the
+reservation to the decoded length, and releases it when it ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from contextlib import contextmanager
 from voxgraph.errors import ServiceUnavailable
 
 
+class Reservation:
+    """Seconds held by one request; `resize` corrects an estimate once it is known."""
+
+    def __init__(self, budget: AudioBudget, seconds: float):
+        self._budget = budget
+        self.seconds = seconds
+
+    def resize(self, seconds: float) -> None:
+        # Growing past the estimate is allowed: the decoder already holds those
+        # samples, and refusing now would waste the work without freeing memory.
+        self._budget.in_use_s += seconds - self.seconds
+        self.seconds = seconds
+
+
 class AudioBudget:
     """Seconds of decoded audio in flight; one event loop uses it (no lock needed)."""
 
@@ -21,7 +36,7 @@ class AudioBudget:
         self.in_use_s = 0.0
 
     @contextmanager
-    def hold(self, seconds: float) -> Iterator[None]:
+    def reserve(self, seconds: float) -> Iterator[Reservation]:
         if self.in_use_s > 0 and self.in_use_s + seconds > self.limit_s:
             # An idle service always admits one request, whatever its length, so
             # nothing within max_audio_s can be refused forever.
@@ -30,8 +45,9 @@ class AudioBudget:
                 f"(limit {self.limit_s / 3600:.1f} h in flight); retry shortly",
                 retry_after_s=5,
             )
+        held = Reservation(self, seconds)
         self.in_use_s += seconds
         try:
-            yield
+            yield held
         finally:
-            self.in_use_s -= seconds
+            self.in_use_s -= held.seconds

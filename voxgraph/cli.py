@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,11 +147,20 @@ def plan_jobs(
 
 
 def probe_duration(path: Path) -> float | None:
-    """Seconds of audio from the file's header (None if neither decoder knows it)."""
+    """Seconds of audio from the file's header (None if no reader here knows it).
+
+    soundfile and PyAV come with the server install; the client-only install has
+    neither, and the standard library still reads the header of a PCM WAV.
+    """
     try:
         import soundfile as sf
 
         return float(sf.info(str(path)).duration)
+    except Exception:
+        pass
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / w.getframerate()
     except Exception:
         pass
     try:

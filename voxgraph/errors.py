@@ -34,6 +34,12 @@ class UndecodableAudio(BadRequest):
     code = "undecodable_audio"
 
 
+class TruncatedAudio(UndecodableAudio):
+    """The file holds less audio than its header or container declares: it was cut short."""
+
+    code = "truncated_audio"
+
+
 class UnsupportedMediaType(VoxgraphError):
     status = 415
     code = "unsupported_media_type"
@@ -51,6 +57,13 @@ class AudioTooLong(PayloadTooLarge):
 class Unauthorized(VoxgraphError):
     status = 401
     code = "unauthorized"
+
+
+class RequestTimeout(VoxgraphError):
+    """The request body did not arrive in time (stalled, too slow, or past the deadline)."""
+
+    status = 408
+    code = "upload_timeout"
 
 
 class ServiceUnavailable(VoxgraphError):

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from voxgraph.schemas import (
+    DiarizeChunkResponse,
+    DiarizeResponse,
+    SegmentOut,
+    TranscriptionResponse,
+    TurnOut,
+    VerboseTranscriptionResponse,
+    WordOut,
+)
 from voxgraph.types import Segment, Transcript, Turn, Word
 
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -86,10 +95,10 @@ def segments_to_text(segments: Sequence[Segment], fallback: str) -> str:
     return "\n".join(lines)
 
 
-def word_json(w: Word) -> dict[str, Any]:
-    out: dict[str, Any] = {"word": w.text, "start": _r(w.start), "end": _r(w.end)}
+def _word(w: Word) -> WordOut:
+    out = WordOut(word=w.text, start=_r(w.start), end=_r(w.end))
     if w.speaker is not None:
-        out["speaker"] = w.speaker
+        out.speaker = w.speaker
     return out
 
 
@@ -106,13 +115,18 @@ class TranscriptionOutput:
     diarized: bool = False
 
     def render(self, fmt: str) -> dict[str, Any] | str:
+        """The body for `fmt`: a JSON-able dict (json, verbose_json) or text."""
+        body = self.body(fmt)
+        return body if isinstance(body, str) else body.model_dump(mode="json", exclude_unset=True)
+
+    def body(self, fmt: str) -> TranscriptionResponse | VerboseTranscriptionResponse | str:
+        """The response model (or text) for `fmt`; only the fields that apply are set."""
         t = self.transcript
         text = segments_to_text(t.segments, t.text) if self.diarized else t.text
         if fmt == "json":
-            out: dict[str, Any] = {"text": text}
             if self.diarized:
-                out["segments"] = [self._segment_json(i, s) for i, s in enumerate(t.segments)]
-            return out
+                return TranscriptionResponse(text=text, segments=self._segments())
+            return TranscriptionResponse(text=text)
         if fmt == "text":
             return text
         if fmt == "srt":
@@ -120,35 +134,39 @@ class TranscriptionOutput:
         if fmt == "vtt":
             return segments_to_vtt(t.segments)
         if fmt == "verbose_json":
-            out = {
-                "task": self.task,
-                "language": self.language,
-                "duration": _r(t.duration),
-                "text": t.text,
-                "model": self.model,
-            }
+            extra: dict[str, Any] = {}
             if "segment" in self.granularities or self.diarized:
-                out["segments"] = [self._segment_json(i, s) for i, s in enumerate(t.segments)]
+                extra["segments"] = self._segments()
             if "word" in self.granularities or self.diarized:
-                out["words"] = [word_json(w) for w in t.words]
-            return out
+                extra["words"] = [_word(w) for w in t.words]
+            return VerboseTranscriptionResponse(
+                task=self.task,
+                language=self.language,
+                duration=_r(t.duration),
+                text=t.text,
+                model=self.model,
+                **extra,
+            )
         raise ValueError(f"unknown response_format {fmt!r}")
 
-    def _segment_json(self, i: int, s: Segment) -> dict[str, Any]:
+    def _segments(self) -> list[SegmentOut]:
+        return [self._segment(i, s) for i, s in enumerate(self.transcript.segments)]
+
+    def _segment(self, i: int, s: Segment) -> SegmentOut:
         # OpenAI's segment shape, minus Whisper-only scores (avg_logprob,
         # compression_ratio, no_speech_prob) that Parakeet has no honest value for.
-        out: dict[str, Any] = {
-            "id": i,
-            "seek": 0,
-            "start": _r(s.start),
-            "end": _r(s.end),
-            "text": s.text,
-            "tokens": [],
-            "temperature": self.temperature,
-        }
+        out = SegmentOut(
+            id=i,
+            seek=0,
+            start=_r(s.start),
+            end=_r(s.end),
+            text=s.text,
+            tokens=[],
+            temperature=self.temperature,
+        )
         if s.speaker is not None:
-            out["speaker"] = s.speaker
-            out["speaker_confidence"] = (
+            out.speaker = s.speaker
+            out.speaker_confidence = (
                 None if s.speaker_confidence is None else _r(s.speaker_confidence, 4)
             )
         return out
@@ -175,7 +193,6 @@ class DiarizationOutput:
     device: str
     fingerprints: dict[str, list[float]] | None = None
     models: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def speakers(self) -> list[str]:
@@ -185,18 +202,24 @@ class DiarizationOutput:
         return sorted(seen, key=_speaker_sort_key)
 
     def render(self, fmt: str, file_id: str = "audio") -> dict[str, Any] | str:
+        """The body for `fmt`: a JSON-able dict (json) or RTTM text."""
+        body = self.body(fmt, file_id)
+        return body if isinstance(body, str) else body.model_dump(mode="json", exclude_unset=True)
+
+    def body(self, fmt: str, file_id: str = "audio") -> DiarizeResponse | str:
+        """The response model (or RTTM text) for `fmt`."""
         if fmt == "rttm":
             return rttm_lines(self.turns, file_id)
         if fmt != "json":
             raise ValueError(f"unknown response_format {fmt!r}")
-        out: dict[str, Any] = {
+        common: dict[str, Any] = {
             "segments": [
-                {
-                    "start_s": _r(t.start),
-                    "end_s": _r(t.end),
-                    "speaker": str(t.speaker),
-                    "confidence": None if t.confidence is None else _r(t.confidence, 4),
-                }
+                TurnOut(
+                    start_s=_r(t.start),
+                    end_s=_r(t.end),
+                    speaker=str(t.speaker),
+                    confidence=None if t.confidence is None else _r(t.confidence, 4),
+                )
                 for t in self.turns
             ],
             "speakers_detected": self.speakers,
@@ -204,12 +227,11 @@ class DiarizationOutput:
             "model": self.model,
             "device": self.device,
         }
-        if self.fingerprints is not None:
-            out["fingerprints"] = self.fingerprints
-        if self.models is not None:
-            out["models"] = self.models
-        out.update(self.extra)
-        return out
+        if self.fingerprints is None:
+            return DiarizeResponse(**common)
+        return DiarizeChunkResponse(
+            **common, fingerprints=self.fingerprints, models=dict(self.models or {})
+        )
 
 
 def _speaker_sort_key(label: str) -> tuple[int, str]:

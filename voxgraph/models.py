@@ -9,13 +9,16 @@ on 16 kHz mono float32, and never crashes on empty or sub-frame audio.
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
@@ -39,10 +42,6 @@ ASR_MIN_INPUT_S = 1.0
 # and a few frames give a noisy embedding. Short clips are tiled (not zero-padded,
 # which would mix silence into the speaker's statistics) up to this length.
 EMBED_MIN_INPUT_S = 0.5
-
-# Fallback model geometry (10 ms hop, 8x subsampling) when a config lacks it.
-_DEFAULT_HOP_S = 0.01
-_DEFAULT_SUBSAMPLING = 8
 
 _log = logging.getLogger(__name__)
 
@@ -119,13 +118,25 @@ def _as_mono_f32(x: np.ndarray) -> np.ndarray:
 
 
 def _geometry(model: Any) -> tuple[int, int]:
-    """(hop in samples, encoder subsampling factor) from the model config."""
-    cfg = getattr(model, "cfg", None) or {}
-    pre = cfg.get("preprocessor", None) or {}
-    enc = cfg.get("encoder", None) or {}
-    stride_s = float(pre.get("window_stride", _DEFAULT_HOP_S) or _DEFAULT_HOP_S)
-    factor = int(enc.get("subsampling_factor", _DEFAULT_SUBSAMPLING) or _DEFAULT_SUBSAMPLING)
-    return max(1, round(stride_s * SAMPLE_RATE)), factor
+    """(hop in samples, encoder subsampling factor), as the loaded model computes frames.
+
+    Read from the model's own modules (the ones NeMo uses to count frames), not from
+    defaults: a model with another hop or subsampling gets its own frame length.
+    """
+    rate = int(model.preprocessor._sample_rate)
+    if rate != SAMPLE_RATE:
+        # Every caller hands 16 kHz audio; another rate would give wrong times silently.
+        raise ValueError(f"the model expects {rate} Hz audio; voxgraph feeds {SAMPLE_RATE} Hz")
+    return int(model.preprocessor.featurizer.hop_length), int(model.encoder.subsampling_factor)
+
+
+def release_memory() -> None:
+    """Collect dropped models now and hand cached CUDA blocks back to the other replicas."""
+    # NeMo models hold reference cycles: without a collection they outlive their runner.
+    gc.collect()
+    torch = sys.modules.get("torch")  # never import torch just to free nothing
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_precision(precision: str) -> None:
@@ -150,6 +161,18 @@ class _Runner:
     def model_name(self) -> str:
         return self._name
 
+    def with_precision(self, precision: str) -> Self:
+        """The same model behind another autocast precision; shares this runner's lock."""
+        _check_precision(precision)
+        runner = copy.copy(self)
+        runner.precision = precision
+        return runner
+
+    def close(self) -> None:
+        """Drop this runner's model and free its memory; only for a runner nobody calls."""
+        self.model = None
+        release_memory()
+
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         import torch
@@ -172,7 +195,6 @@ class AsrRunner(_Runner):
     def __init__(self, model: Any, device: str, precision: str = "fp32", name: str | None = None):
         super().__init__(model, device, precision, name)
         hop, factor = _geometry(model)
-        self.frame_s = hop * factor / SAMPLE_RATE
         # Below one encoder frame there is nothing to recognise.
         self.min_samples = hop * factor
         from nemo.collections.asr.models import EncDecMultiTaskModel
@@ -203,27 +225,21 @@ class AsrRunner(_Runner):
                     # NeMo 3.0's transcribe() leaves the encoder in training mode
                     # (dropout on) for whoever calls the model next.
                     self.model.eval()
-            # Some NeMo versions/models return (best, all) hypotheses.
-            if isinstance(hyps, tuple):
-                hyps = hyps[0]
             for i, hyp in zip(todo, hyps, strict=True):
                 out[i] = self._to_transcript(hyp, out[i].duration)
         return out
 
-    def _times(self, d: dict[str, Any]) -> tuple[float, float]:
-        if "start" in d and "end" in d:
-            return float(d["start"]), float(d["end"])
-        return float(d["start_offset"]) * self.frame_s, float(d["end_offset"]) * self.frame_s
-
     def _to_transcript(self, hyp: Any, duration: float) -> Transcript:
-        text = hyp if isinstance(hyp, str) else str(getattr(hyp, "text", "") or "")
+        # timestamps=True makes NeMo return Hypothesis objects whose word and segment
+        # stamps carry start/end in seconds (CTC: numpy scalars, hence the casts).
+        text = str(hyp.text or "")
         stamps = getattr(hyp, "timestamp", None) or {}
         raw_words = stamps.get("word", []) if isinstance(stamps, dict) else []
         raw_segments = stamps.get("segment", []) if isinstance(stamps, dict) else []
 
         words: list[Word] = []
         for w in raw_words:
-            start, end = self._times(w)
+            start, end = float(w["start"]), float(w["end"])
             # Frames are 80 ms, so the last word may end past the audio; words that
             # start past it can only come from the silence padded on for NeMo.
             if start >= duration:
@@ -235,7 +251,7 @@ class AsrRunner(_Runner):
 
         spans: list[tuple[str, float, float]] = []
         for s in raw_segments:
-            start, end = self._times(s)
+            start, end = float(s["start"]), float(s["end"])
             if start < duration:
                 spans.append((str(s["segment"]), max(0.0, start), min(end, duration)))
         if not spans and words:
@@ -275,20 +291,12 @@ def _nearest_span(spans: list[tuple[str, float, float]], t: float) -> int:
 class DiarRunner(_Runner):
     """Batched Sortformer diarization: speaker turns plus per-frame activity probabilities."""
 
-    def __init__(
-        self,
-        model: Any,
-        device: str,
-        precision: str = "fp32",
-        name: str | None = None,
-        postprocessing_yaml: str | None = None,
-    ):
+    def __init__(self, model: Any, device: str, precision: str = "fp32", name: str | None = None):
         super().__init__(model, device, precision, name)
         self.hop, self.subsampling = _geometry(model)
         self.frame_s = round(self.hop * self.subsampling / SAMPLE_RATE, 6)
-        cfg = getattr(model, "cfg", None) or {}
-        self.num_speakers = int(cfg.get("max_num_of_spks", 4) or 4)
-        self.postprocessing_yaml = postprocessing_yaml
+        """Seconds per row of `probs` (0.08 for Sortformer 4spk-v1)."""
+        self.num_speakers = int(model.sortformer_modules.n_spk)
 
     def num_frames(self, n_samples: int) -> int:
         """Frames Sortformer gives for n samples: ceil(floor(n / hop) / subsampling).
@@ -310,7 +318,6 @@ class DiarRunner(_Runner):
                     batch_size=len(todo),
                     include_tensor_outputs=True,
                     verbose=False,
-                    postprocessing_yaml=self.postprocessing_yaml,
                 )
             for i, lines, p in zip(todo, segments, probs, strict=True):
                 results[i] = self._to_diarization(audios[i].shape[0], lines, p)
@@ -360,13 +367,15 @@ class EmbedRunner(_Runner):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
-        cfg = getattr(model, "cfg", None) or {}
-        sizes = (cfg.get("decoder", None) or {}).get("emb_sizes", 192)
-        self.dim = int(sizes[-1] if isinstance(sizes, Sequence) else sizes)
+        self.dim = self._probe_dim()
+        """Length of one embedding (192 for TitaNet)."""
+
+    def _probe_dim(self) -> int:
+        # What forward() returns is the truth, whatever the decoder's config says.
+        with self._inference():
+            return int(self._forward([_pad_short(np.zeros(0, np.float32))]).shape[-1])
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
         audios = [_pad_short(_as_mono_f32(c)) for c in clips]
         out = np.zeros((len(audios), self.dim), dtype=np.float32)
         # Longest first so each sub-batch pads to a similar length.
@@ -374,16 +383,22 @@ class EmbedRunner(_Runner):
         with self._inference():
             for k in range(0, len(order), self.max_batch):
                 idx = order[k : k + self.max_batch]
-                lengths = [audios[i].shape[0] for i in idx]
-                signal = np.zeros((len(idx), max(lengths)), dtype=np.float32)
-                for row, i in enumerate(idx):
-                    signal[row, : lengths[row]] = audios[i]
-                _, emb = self.model.forward(
-                    input_signal=torch.from_numpy(signal).to(self.device),
-                    input_signal_length=torch.tensor(lengths, device=self.device),
-                )
-                out[idx] = emb.float().cpu().numpy()
+                out[idx] = self._forward([audios[i] for i in idx])
         return out
+
+    def _forward(self, audios: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of one zero-padded sub-batch; call inside `_inference()`."""
+        import torch
+
+        lengths = [a.shape[0] for a in audios]
+        signal = np.zeros((len(audios), max(lengths)), dtype=np.float32)
+        for row, a in enumerate(audios):
+            signal[row, : lengths[row]] = a
+        _, emb = self.model.forward(
+            input_signal=torch.from_numpy(signal).to(self.device),
+            input_signal_length=torch.tensor(lengths, device=self.device),
+        )
+        return emb.float().cpu().numpy()
 
 
 def _pad_short(a: np.ndarray) -> np.ndarray:
@@ -394,3 +409,20 @@ def _pad_short(a: np.ndarray) -> np.ndarray:
         # Nothing to tile: the embedding of silence is defined, if meaningless.
         return np.zeros(min_len, dtype=np.float32)
     return np.resize(a, min_len)
+
+
+# ----------------------------------------------------------------------------- serving
+
+_RUNNERS: dict[str, type[_Runner]] = {
+    "asr": AsrRunner,
+    "diarizer": DiarRunner,
+    "embedder": EmbedRunner,
+}
+
+
+def load_runner(role: Role, spec: str, device: str, precision: str = "fp32") -> _Runner:
+    """Load `spec` (hub name or .nemo) and wrap it in the role's runner: what a replica serves."""
+    _check_precision(precision)
+    if role not in _RUNNERS:
+        raise ValueError(f"unknown model role {role!r}; expected 'asr', 'diarizer' or 'embedder'")
+    return _RUNNERS[role](load_model(role, spec, device), device, precision)

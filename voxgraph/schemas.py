@@ -6,9 +6,16 @@ fields or handle keyword arguments); validation errors become 400s.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from voxgraph.errors import BadRequest
 
@@ -35,10 +42,21 @@ TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 DiarizationFormat = Literal["json", "rttm"]
 
 
-class SpeakerCountHints(BaseModel):
-    """Speaker-count hints shared by diarize and transcriptions?diarize=true."""
+class Options(BaseModel):
+    """Request options: one model per operation, for HTTP forms and handle calls alike."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Unknown names are an error, not silently ignored; both the form field name
+    # (`timestamp_granularities[]`) and the Python name are accepted.
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class SpeakerCountHints(Options):
+    """Speaker-count hints shared by diarize and transcriptions?diarize=true."""
 
     num_speakers: int | None = Field(None, ge=1, le=64)
     """Exact number of speakers in the recording, when known."""
@@ -62,7 +80,7 @@ class TranscribeOptions(SpeakerCountHints):
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     """Accepted for compatibility; decoding is greedy."""
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
-        default_factory=lambda: ["segment"]
+        default_factory=lambda: ["segment"], alias="timestamp_granularities[]"
     )
     """Which timestamps verbose_json carries: `word`, `segment` or both."""
     diarize: bool = False
@@ -78,6 +96,24 @@ class TranscribeOptions(SpeakerCountHints):
             raise ValueError(f"language must be an ISO 639-1 code such as 'en', got {v!r}")
         return code
 
+    @field_validator("timestamp_granularities", mode="before")
+    @classmethod
+    def _default_granularities(cls, v: Any) -> Any:
+        return ["segment"] if v is None or v == [] else v
+
+
+class TranslateOptions(Options):
+    """Options of /v1/audio/translations and the handle's `translate`."""
+
+    model: str | None = None
+    """Model the client names; the deployed ASR model serves every name."""
+    prompt: str | None = None
+    """Accepted for OpenAI compatibility; ignored."""
+    response_format: TranscriptionFormat = "json"
+    """json, text, verbose_json, srt or vtt."""
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    """Accepted for compatibility; decoding is greedy."""
+
 
 class DiarizeOptions(SpeakerCountHints):
     """Options of /v1/audio/diarize and the handle's `diarize`."""
@@ -86,22 +122,40 @@ class DiarizeOptions(SpeakerCountHints):
     """json or rttm."""
 
 
-def parse_options(model: type[BaseModel], values: dict[str, Any]) -> Any:
+class DiarizeChunkOptions(Options):
+    """Options of /v1/audio/diarize-chunk and the handle's `diarize_chunk`: none yet."""
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def parse_options(model: type[OptionsT], values: dict[str, Any]) -> OptionsT:
     """Validate options, turning pydantic's error into one readable 400."""
     try:
         return model.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise BadRequest(f"invalid request: {problems}") from e
+        raise BadRequest(f"invalid request: {validation_problems(e.errors())}") from e
 
 
-# ---- response models (documentation of the JSON the routes return) ----
+def validation_problems(errors: Sequence[Any], skip: int = 0) -> str:
+    """pydantic / FastAPI errors as one line: `field: problem; field: problem`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'][skip:]) or 'options'}: "
+        f"{str(err['msg']).removeprefix('Value error, ')}"
+        for err in errors
+    )
 
 
-class TurnOut(BaseModel):
+# ---- response models: the output formats build these, so OpenAPI and the wire agree ----
+
+
+class Body(BaseModel):
+    """A response body; field docstrings become the OpenAPI descriptions."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class TurnOut(Body):
     start_s: float
     """Turn start (seconds from the start of the audio)."""
     end_s: float
@@ -112,7 +166,7 @@ class TurnOut(BaseModel):
     """Mean activity probability of the speaker over the turn's frames, in [0, 1]."""
 
 
-class DiarizeResponse(BaseModel):
+class DiarizeResponse(Body):
     segments: list[TurnOut]
     """Speaker turns in time order."""
     speakers_detected: list[str]
@@ -132,7 +186,7 @@ class DiarizeChunkResponse(DiarizeResponse):
     """`diarization` and `embedding` model names."""
 
 
-class WordOut(BaseModel):
+class WordOut(Body):
     word: str
     start: float
     """Seconds."""
@@ -142,7 +196,7 @@ class WordOut(BaseModel):
     """`Speaker_<k>` when diarize=true."""
 
 
-class SegmentOut(BaseModel):
+class SegmentOut(Body):
     id: int
     seek: int
     start: float
@@ -158,13 +212,13 @@ class SegmentOut(BaseModel):
     """Mean activity of that speaker over the segment, in [0, 1], when diarize=true."""
 
 
-class TranscriptionResponse(BaseModel):
+class TranscriptionResponse(Body):
     text: str
     segments: list[SegmentOut] | None = None
     """Present with diarize=true."""
 
 
-class VerboseTranscriptionResponse(BaseModel):
+class VerboseTranscriptionResponse(Body):
     task: str
     language: str | None
     """The requested language; null when not given (Parakeet does not report one)."""
@@ -176,11 +230,11 @@ class VerboseTranscriptionResponse(BaseModel):
     words: list[WordOut] | None = None
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Body):
     message: str
     type: str
     code: str
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Body):
     error: ErrorBody

@@ -1,0 +1,100 @@
+"""The request walk's model backends as Ray Serve handles to the three deployments.
+
+`voxgraph.pipeline.Pipeline` calls these like any other `Backends`; here a call
+is a `.remote()` to the ASR, Diarizer or Embedder deployment (which batches it
+with other requests' calls), with a timeout, and Ray's infrastructure failures
+become typed 503s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
+
+import numpy as np
+from ray.serve.handle import DeploymentHandle
+
+from voxgraph.errors import ServiceUnavailable, VoxgraphError
+from voxgraph.pipeline import Role
+from voxgraph.types import Diarization, ModelInfo, Transcript
+
+T = TypeVar("T")
+
+# A ready model's name and device change only on reconfigure: refresh now and then.
+_INFO_TTL_S = 30.0
+
+
+class HandleBackends:
+    """`Backends` over the model deployments' handles."""
+
+    def __init__(
+        self,
+        asr: DeploymentHandle,
+        diarizer: DeploymentHandle,
+        embedder: DeploymentHandle,
+        timeout_s: float,
+    ):
+        self._handles: dict[Role, DeploymentHandle] = {
+            "asr": asr,
+            "diarizer": diarizer,
+            "embedder": embedder,
+        }
+        self._timeout_s = timeout_s
+        self._info: dict[Role, tuple[float, ModelInfo]] = {}
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        return await self._call(self._handles["asr"].transcribe.remote(audio))
+
+    async def diarize(self, audio: np.ndarray) -> Diarization:
+        return await self._call(self._handles["diarizer"].diarize.remote(audio))
+
+    async def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        return await self._call(self._handles["embedder"].embed.remote(list(clips)))
+
+    async def info(self, role: Role, *, fresh: bool = False) -> ModelInfo:
+        cached = self._info.get(role)
+        if (
+            not fresh
+            and cached
+            and cached[1].state == "ready"
+            and time.monotonic() - cached[0] < _INFO_TTL_S
+        ):
+            return cached[1]
+        # /health must answer quickly even when a replica does not.
+        timeout_s = 3.0 if fresh else 10.0
+        info: ModelInfo = await self._call(self._handles[role].status.remote(), timeout_s)
+        self._info[role] = (time.monotonic(), info)
+        return info
+
+    async def _call(self, response: Awaitable[T], timeout_s: float | None = None) -> T:
+        """Await a model deployment with a timeout; infrastructure failures become 503."""
+        from ray.exceptions import RayActorError, RayTaskError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+            RequestCancelledError,
+        )
+
+        try:
+            return await asyncio.wait_for(response, timeout_s or self._timeout_s)
+        except TimeoutError as e:
+            raise ServiceUnavailable("a model took too long to answer; retry later", 5) from e
+        except BackPressureError as e:
+            raise ServiceUnavailable(f"the service is overloaded ({e}); retry shortly", 1) from e
+        except (
+            RayActorError,
+            DeploymentUnavailableError,
+            ReplicaUnavailableError,
+            RequestCancelledError,
+        ) as e:
+            raise ServiceUnavailable(
+                f"a model replica is unavailable ({type(e).__name__})", 5
+            ) from e
+        except RayTaskError as e:
+            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
+            if isinstance(cause, VoxgraphError):
+                raise cause from None
+            raise

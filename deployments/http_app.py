@@ -1,0 +1,240 @@
+"""voxgraph's HTTP surface: the FastAPI app, its routes, error mapping, upload forms.
+
+Routes only parse and delegate to the `VoxgraphService` in `app.state.service`,
+then render. No Ray import: the Ingress deployment builds this app in its replica
+(`build_api(self)`), and the seed-style baseline (bench/monolith.py) serves the
+same app over in-process models.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import PurePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field, create_model
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.http_guards import (
+    BodyLimitMiddleware,
+    GuardMiddleware,
+    error_response,
+    http_error_response,
+    route_path,
+)
+from deployments.metrics import ingress_metrics
+from voxgraph import __version__
+from voxgraph.errors import BadRequest, VoxgraphError
+from voxgraph.formats import TEXT_MEDIA_TYPES
+from voxgraph.schemas import (
+    DiarizeChunkOptions,
+    DiarizeChunkResponse,
+    DiarizeOptions,
+    DiarizeResponse,
+    ErrorResponse,
+    Options,
+    TranscribeOptions,
+    TranscriptionResponse,
+    TranslateOptions,
+    VerboseTranscriptionResponse,
+    validation_problems,
+)
+from voxgraph.service import VoxgraphService
+
+logger = logging.getLogger("ray.serve")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad input or options"},
+    413: {"model": ErrorResponse, "description": "upload or audio over the limit"},
+    415: {"model": ErrorResponse, "description": "no audio stream"},
+    503: {"model": ErrorResponse, "description": "a model is loading or the service is overloaded"},
+}
+
+router = APIRouter()
+
+
+async def _voxgraph_error(_: Request, e: VoxgraphError) -> JSONResponse:
+    return error_response(e)
+
+
+async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    problems = [_file_problem(err) or err for err in e.errors()]
+    err = BadRequest(f"invalid request: {validation_problems(problems, skip=1)}")
+    ingress_metrics().error(route_path(request.scope), err.code)
+    return error_response(err)
+
+
+def _file_problem(err: Any) -> dict[str, Any] | None:
+    if err.get("type") == "extra_forbidden" and isinstance(err.get("input"), StarletteUploadFile):
+        # An upload under another name ('audio', 'upload'): the fix is the field name.
+        msg = "is not a field of this route; send the audio as the multipart form field 'file'"
+        return {"loc": err["loc"], "msg": msg}
+    if tuple(err["loc"][1:]) != ("file",):
+        return None
+    # A text value where the upload belongs (base64, a data: URI, a path): say what to send.
+    msg = (
+        "must be an uploaded file (a multipart/form-data part with a filename); "
+        "base64 text, data: URIs and paths are not accepted"
+    )
+    return {"loc": err["loc"], "msg": msg}
+
+
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    # Starlette's own refusals (malformed multipart, unknown path, wrong method) in the
+    # same {"error": ...} shape as every other error, not FastAPI's bare {"detail": ...}.
+    ingress_metrics().error(route_path(request.scope), f"http_{e.status_code}")
+    return http_error_response(e.status_code, str(e.detail), e.headers)
+
+
+async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+    # A bug, not bad input: log it with its traceback, tell the client nothing internal.
+    logger.error("unhandled %s in a request", type(e).__name__, exc_info=e)
+    return http_error_response(500, "internal error")
+
+
+def upload_form(options: type[Options]) -> type[BaseModel]:
+    """The multipart form of an operation: its options model plus the `file` part."""
+    return create_model(
+        options.__name__.replace("Options", "Form"),
+        __base__=options,
+        file=(UploadFile | None, Field(None, description="Audio or video file")),
+    )
+
+
+TranscribeForm = upload_form(TranscribeOptions)
+TranslateForm = upload_form(TranslateOptions)
+DiarizeForm = upload_form(DiarizeOptions)
+DiarizeChunkForm = upload_form(DiarizeChunkOptions)
+
+
+async def read_upload(form: BaseModel) -> tuple[bytes, str, dict[str, Any]]:
+    """(file bytes, file stem, options as sent) from a parsed upload form."""
+    file = getattr(form, "file", None)
+    # FastAPI hands over starlette's UploadFile (its own class is a subclass).
+    if not isinstance(file, StarletteUploadFile):
+        raise BadRequest("no audio file: send it as the multipart form field 'file'")
+    data = await file.read()
+    if not data:
+        raise BadRequest("the uploaded file is empty")
+    # The name only labels RTTM lines; it never reaches a filesystem path.
+    stem = PurePath(file.filename or "audio").stem or "audio"
+    return data, stem, form.model_dump(exclude={"file"}, exclude_unset=True)
+
+
+def render(result: dict[str, Any] | str, fmt: str) -> Response:
+    if isinstance(result, str):
+        return PlainTextResponse(result, media_type=TEXT_MEDIA_TYPES.get(fmt, "text/plain"))
+    return JSONResponse(result)
+
+
+def _service(request: Request) -> VoxgraphService:
+    return request.app.state.service
+
+
+def build_api(service: VoxgraphService | None) -> FastAPI:
+    """The app over `service`: its routes, guards and error mapping.
+
+    Built where the service lives (in the Ingress replica, after its constructor;
+    in the baseline's process), so routes and guards reach that very object.
+    """
+    api = FastAPI(
+        title="voxgraph",
+        version=__version__,
+        description="Speech recognition, speaker diarization and voice fingerprints on Ray Serve.",
+    )
+    api.state.service = service
+    api.state.settings = service.settings if service is not None else None
+    # Order matters: the body limit must see the bytes before anything buffers them.
+    api.add_middleware(GuardMiddleware)
+    api.add_middleware(BodyLimitMiddleware)
+    api.add_exception_handler(VoxgraphError, _voxgraph_error)  # type: ignore[arg-type]
+    api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    api.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    api.add_exception_handler(Exception, _unexpected)
+    api.include_router(router)
+    return api
+
+
+# ------------------------------------------------------------ routes: parse, delegate, render
+
+
+@router.get("/health", summary="Readiness of every deployment")
+async def http_health(request: Request) -> JSONResponse:
+    ready, body = await _service(request).health()
+    if ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
+@router.get("/", summary="Service name, models, device, routes")
+async def http_root(request: Request) -> JSONResponse:
+    paths = request.app.openapi().get("paths", {})
+    routes = sorted(f"{m.upper()} {p}" for p, ops in paths.items() for m in ops)
+    return JSONResponse(await _service(request).describe(routes))
+
+
+@router.get("/v1/models", summary="OpenAI-style model list")
+async def http_models(request: Request) -> JSONResponse:
+    return JSONResponse(await _service(request).model_list())
+
+
+@router.post(
+    "/v1/audio/transcriptions",
+    summary="OpenAI-compatible transcription (optionally with speakers)",
+    response_model=TranscriptionResponse | VerboseTranscriptionResponse,
+    responses=ERRORS,
+)
+async def http_transcriptions(
+    request: Request,
+    form: Annotated[TranscribeForm, Form()],  # type: ignore[valid-type]
+) -> Response:
+    data, _, options = await read_upload(form)
+    result = await _service(request).transcribe(data, **options)
+    return render(result, form.response_format)
+
+
+@router.post(
+    "/v1/audio/translations",
+    summary="OpenAI-compatible translation (400 where the model cannot translate)",
+    response_model=TranscriptionResponse | VerboseTranscriptionResponse,
+    responses=ERRORS,
+)
+async def http_translations(
+    request: Request,
+    form: Annotated[TranslateForm, Form()],  # type: ignore[valid-type]
+) -> Response:
+    data, _, options = await read_upload(form)
+    return render(await _service(request).translate(data, **options), form.response_format)
+
+
+@router.post(
+    "/v1/audio/diarize",
+    summary="Who spoke when, consistent across the whole file",
+    response_model=DiarizeResponse,
+    responses=ERRORS,
+)
+async def http_diarize(
+    request: Request,
+    form: Annotated[DiarizeForm, Form()],  # type: ignore[valid-type]
+) -> Response:
+    data, stem, options = await read_upload(form)
+    result = await _service(request).diarize(data, file_id=stem, **options)
+    return render(result, form.response_format)
+
+
+@router.post(
+    "/v1/audio/diarize-chunk",
+    summary="Chunk-local speakers with voice fingerprints",
+    response_model=DiarizeChunkResponse,
+    responses=ERRORS,
+)
+async def http_diarize_chunk(
+    request: Request,
+    form: Annotated[DiarizeChunkForm, Form()],  # type: ignore[valid-type]
+) -> Response:
+    data, _, options = await read_upload(form)
+    return JSONResponse(await _service(request).diarize_chunk(data, **options))

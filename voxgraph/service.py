@@ -1,0 +1,174 @@
+"""voxgraph's operations, whatever carries them: validate options, run the walk, render.
+
+`VoxgraphService` is what the HTTP routes (deployments/http_app.py) and the
+Python handle call. The Ingress deployment is this class over Ray Serve handles;
+the seed-style baseline (bench/monolith.py) is the same class over in-process
+runners. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from voxgraph import __version__
+from voxgraph.errors import BadRequest, VoxgraphError
+from voxgraph.pipeline import ROLES, Backends, Pipeline
+from voxgraph.schemas import (
+    DiarizeChunkOptions,
+    DiarizeOptions,
+    TranscribeOptions,
+    TranslateOptions,
+    parse_options,
+)
+from voxgraph.settings import Settings
+
+R = TypeVar("R")
+
+
+class Observer(Protocol):
+    """Where counts go (Serve metrics in the ingress); must never raise."""
+
+    def audio_received(self, route: str, seconds: float) -> None: ...
+
+    def error(self, route: str, kind: str) -> None: ...
+
+
+class _Silent:
+    def audio_received(self, route: str, seconds: float) -> None:
+        pass
+
+    def error(self, route: str, kind: str) -> None:
+        pass
+
+
+def observed(route: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """Count an operation's errors by kind, whether it came over HTTP or a handle."""
+
+    def wrap(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(method)
+        async def run(self: VoxgraphService, *args: Any, **kwargs: Any) -> R:
+            try:
+                return await method(self, *args, **kwargs)
+            except VoxgraphError as e:
+                self.observer.error(route, e.code)
+                raise
+            except Exception:
+                self.observer.error(route, "internal")
+                raise
+
+        return run
+
+    return wrap
+
+
+def owner(model: str) -> str:
+    """`nvidia` for `nvidia/...` hub names; `local` for .nemo files."""
+    if model.endswith(".nemo") or model.startswith(("/", ".")):
+        return "local"
+    return model.split("/", 1)[0] if "/" in model else "voxgraph"
+
+
+class VoxgraphService:
+    """The typed operations; each returns what HTTP sends (a dict or text)."""
+
+    name = "voxgraph"
+
+    def __init__(
+        self, backends: Backends, settings: Settings, observer: Observer | None = None
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.pipeline = Pipeline(backends, settings)
+        self.observer: Observer = observer or _Silent()
+
+    @observed("/v1/audio/transcriptions")
+    async def transcribe(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
+        """Transcribe (and with diarize=True, attribute speakers)."""
+        opts = parse_options(TranscribeOptions, options)
+        out = await self.pipeline.transcribe(audio, opts)
+        self.observer.audio_received("/v1/audio/transcriptions", out.transcript.duration)
+        return out.render(opts.response_format)
+
+    @observed("/v1/audio/translations")
+    async def translate(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
+        """Translation to English where the ASR model can; a clear 400 where it cannot."""
+        parse_options(TranslateOptions, options)
+        asr = await self.backends.info("asr")
+        if not asr.capabilities.get("translate"):
+            raise BadRequest(
+                f"the ASR model {asr.model!r} cannot translate; use /v1/audio/transcriptions "
+                "or deploy a model that supports translation"
+            )
+        raise BadRequest(f"translation with {asr.model!r} is not supported by this service")
+
+    @observed("/v1/audio/diarize")
+    async def diarize(
+        self, audio: bytes, file_id: str = "audio", **options: Any
+    ) -> dict[str, Any] | str:
+        """Who spoke when, with speakers consistent across the whole recording."""
+        opts = parse_options(DiarizeOptions, options)
+        out = await self.pipeline.diarize(audio, opts)
+        self.observer.audio_received("/v1/audio/diarize", out.duration)
+        return out.render(opts.response_format, str(file_id))
+
+    @observed("/v1/audio/diarize-chunk")
+    async def diarize_chunk(self, audio: bytes, **options: Any) -> dict[str, Any]:
+        """Chunk-local speakers with confidence and one fingerprint per speaker."""
+        opts = parse_options(DiarizeChunkOptions, options)
+        out = await self.pipeline.diarize_chunk(audio, opts)
+        self.observer.audio_received("/v1/audio/diarize-chunk", out.duration)
+        return out.render("json")  # type: ignore[return-value]
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, per-deployment state): ready when every model is loaded."""
+        infos = await asyncio.gather(
+            *(self.backends.info(role, fresh=True) for role in ROLES), return_exceptions=True
+        )
+        report: dict[str, Any] = {}
+        for role, info in zip(ROLES, infos, strict=True):
+            if isinstance(info, BaseException):
+                report[role] = {"state": "unavailable", "error": str(info) or type(info).__name__}
+            else:
+                report[role] = {"state": info.state, "model": info.model, "device": info.device}
+                if info.error:
+                    report[role]["error"] = info.error
+        ready = all(r["state"] == "ready" for r in report.values())
+        return ready, {"status": "ready" if ready else "loading", "deployments": report}
+
+    async def describe(self, routes: list[str] | None = None) -> dict[str, Any]:
+        """Service name, models, devices and (from HTTP) routes."""
+        infos = await asyncio.gather(*(self.backends.info(r) for r in ROLES), return_exceptions=True)
+        models = {
+            role: {"state": "unavailable"}
+            if isinstance(info, BaseException)
+            else {"model": info.model, "device": info.device, "state": info.state}
+            for role, info in zip(ROLES, infos, strict=True)
+        }
+        return {
+            "service": self.name,
+            "version": __version__,
+            "models": models,
+            "routes": routes or [],
+            "limits": {
+                "max_upload_mb": self.settings.max_upload_mb,
+                "max_audio_s": self.settings.max_audio_s,
+            },
+        }
+
+    async def model_list(self) -> dict[str, Any]:
+        """OpenAI-style model list of the deployed models."""
+        infos = await asyncio.gather(*(self.backends.info(r) for r in ROLES))
+        data = [
+            {
+                "id": info.model,
+                "object": "model",
+                "owned_by": owner(info.model),
+                "created": 0,
+                "role": info.role,
+            }
+            for info in infos
+        ]
+        return {"object": "list", "data": data}
