@@ -192,3 +192,30 @@ def test_the_walk_over_the_tiny_nemo_models(tiny_models):
     assert chunk.fingerprints and all(len(v) == dim for v in chunk.fingerprints.values())
     for v in chunk.fingerprints.values():
         assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_diarized_json_is_openais_shape_with_letters_for_strangers():
+    fake = FakeBackends()
+    opts = TranscribeOptions(response_format="diarized_json")  # implies diarization
+    out = asyncio.run(Pipeline(fake, SETTINGS).transcribe(_meeting(), opts))
+    body = out.render("diarized_json")
+    assert body["task"] == "transcribe" and body["duration"] == 60.0
+    assert body["usage"] == {"type": "duration", "seconds": 60.0}
+    segs = body["segments"]
+    assert [k for k, _ in itertools.groupby(s["speaker"] for s in segs)] == ["A", "B"]
+    assert all(s["type"] == "transcript.text.segment" for s in segs)
+    assert [s["id"] for s in segs] == [f"seg_{i}" for i in range(len(segs))]
+    assert all(set(s["text"].split()) == {"alice" if s["speaker"] == "A" else "bob"} for s in segs)
+    assert body["text"].split() == [w.text for w in out.transcript.words]
+    assert all("identity_score" not in s for s in segs)
+
+
+def test_server_vad_chunking_ends_segments_at_pauses():
+    fake = FakeBackends()
+    vad = {"type": "server_vad", "silence_duration_ms": 300}
+    opts = TranscribeOptions(response_format="diarized_json", chunking_strategy=vad)
+    out = asyncio.run(Pipeline(fake, SETTINGS).transcribe(_meeting(), opts))
+    # The fake's words are 0.5 s long a second apart: every 0.5 s pause ends a segment.
+    segs = out.render("diarized_json")["segments"]
+    assert len(segs) == len(out.transcript.words)
+    assert all(len(s["text"].split()) == 1 for s in segs)

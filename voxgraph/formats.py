@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from voxgraph.schemas import (
     DiarizeChunkResponse,
+    DiarizedSegmentOut,
+    DiarizedTranscriptionResponse,
     DiarizeResponse,
+    DurationUsage,
     SegmentOut,
     TranscriptionResponse,
     TurnOut,
@@ -22,7 +25,7 @@ from voxgraph.schemas import (
 )
 from voxgraph.types import Segment, Transcript, Turn, Word
 
-TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")
 DIARIZATION_FORMATS = ("json", "rttm")
 
 TEXT_MEDIA_TYPES = {
@@ -113,15 +116,23 @@ class TranscriptionOutput:
     granularities: tuple[str, ...] = ("segment",)
     temperature: float = 0.0
     diarized: bool = False
+    identity_scores: dict[str, float] = field(default_factory=dict)
+    """Score of each speaker label that is a known speaker's name."""
+    pause_s: float | None = None
+    """With server_vad chunking: a pause this long between words ends a diarized segment."""
 
     def render(self, fmt: str) -> dict[str, Any] | str:
         """The body for `fmt`: a JSON-able dict (json, verbose_json) or text."""
         body = self.body(fmt)
         return body if isinstance(body, str) else body.model_dump(mode="json", exclude_unset=True)
 
-    def body(self, fmt: str) -> TranscriptionResponse | VerboseTranscriptionResponse | str:
+    def body(
+        self, fmt: str
+    ) -> TranscriptionResponse | VerboseTranscriptionResponse | DiarizedTranscriptionResponse | str:
         """The response model (or text) for `fmt`; only the fields that apply are set."""
         t = self.transcript
+        if fmt == "diarized_json":
+            return self._diarized()
         text = segments_to_text(t.segments, t.text) if self.diarized else t.text
         if fmt == "json":
             if self.diarized:
@@ -149,6 +160,39 @@ class TranscriptionOutput:
             )
         raise ValueError(f"unknown response_format {fmt!r}")
 
+    def _diarized(self) -> DiarizedTranscriptionResponse:
+        # OpenAI labels unnamed speakers A, B, ... in order of first appearance.
+        letters: dict[str, str] = {}
+        out: list[DiarizedSegmentOut] = []
+        for seg in _split_at_pauses(self.transcript.segments, self.pause_s):
+            label = seg.speaker or "Speaker_0"
+            if label in self.identity_scores:
+                name, score = label, _r(self.identity_scores[label], 4)
+            else:
+                name, score = letters.setdefault(label, _letters(len(letters))), None
+            item = DiarizedSegmentOut(
+                type="transcript.text.segment",
+                id=f"seg_{len(out)}",
+                start=_r(seg.start),
+                end=_r(seg.end),
+                speaker=name,
+                text=seg.text.strip(),
+            )
+            if seg.speaker_confidence is not None:
+                item.speaker_confidence = _r(seg.speaker_confidence, 4)
+            if score is not None:
+                item.identity_score = score
+            out.append(item)
+        d = _r(self.transcript.duration)
+        # Set, not defaulted: the body is dumped with exclude_unset.
+        return DiarizedTranscriptionResponse(
+            task="transcribe",
+            duration=d,
+            text=" ".join(s.text for s in out),
+            segments=out,
+            usage=DurationUsage(type="duration", seconds=d),
+        )
+
     def _segments(self) -> list[SegmentOut]:
         return [self._segment(i, s) for i, s in enumerate(self.transcript.segments)]
 
@@ -170,6 +214,43 @@ class TranscriptionOutput:
                 None if s.speaker_confidence is None else _r(s.speaker_confidence, 4)
             )
         return out
+
+
+def _letters(i: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA: spreadsheet-style labels, never running out."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(ord("A") + r) + out
+    return out
+
+
+def _split_at_pauses(segments: Sequence[Segment], pause_s: float | None) -> list[Segment]:
+    """Segments cut where the words pause at least `pause_s` (server_vad chunking)."""
+    if pause_s is None:
+        return list(segments)
+    out: list[Segment] = []
+    for seg in segments:
+        run: list[Word] = []
+        for w in seg.words:
+            if run and w.start - run[-1].end >= pause_s:
+                out.append(_sub_segment(seg, run))
+                run = []
+            run.append(w)
+        out.append(_sub_segment(seg, run) if run and len(run) < len(seg.words) else seg)
+    return out
+
+
+def _sub_segment(seg: Segment, words: list[Word]) -> Segment:
+    return Segment(
+        text=" ".join(w.text for w in words),
+        start=words[0].start,
+        end=words[-1].end,
+        words=tuple(words),
+        speaker=seg.speaker,
+        speaker_confidence=seg.speaker_confidence,
+    )
 
 
 def rttm_lines(turns: Sequence[Turn], file_id: str = "audio") -> str:

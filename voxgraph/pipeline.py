@@ -39,6 +39,7 @@ from voxgraph.schemas import (
     MODEL_LANGUAGES,
     DiarizeChunkOptions,
     DiarizeOptions,
+    ServerVadChunking,
     SpeakerCountHints,
     TranscribeOptions,
 )
@@ -95,7 +96,7 @@ class Pipeline:
         asr = await self.backends.info("asr")
         _check_language(opts.language, asr.model)
         async with self._admitted(audio) as samples:
-            if opts.diarize:
+            if opts.diarized:
                 transcript, diar = await asyncio.gather(
                     self._transcript(samples), self._speakers(samples, hints)
                 )
@@ -108,7 +109,8 @@ class Pipeline:
             language=opts.language,
             granularities=tuple(opts.timestamp_granularities),
             temperature=opts.temperature,
-            diarized=opts.diarize,
+            diarized=opts.diarized,
+            pause_s=_pause_s(opts),
         )
 
     async def diarize(self, audio: bytes, opts: DiarizeOptions) -> DiarizationOutput:
@@ -247,6 +249,11 @@ def labelled_turns(diar: Diarization) -> tuple[Turn, ...]:
 
 def _hints(opts: SpeakerCountHints) -> SpeakerHints:
     return SpeakerHints(opts.num_speakers, opts.min_speakers, opts.max_speakers)
+
+
+def _pause_s(opts: TranscribeOptions) -> float | None:
+    vad = opts.chunking_strategy
+    return vad.silence_duration_ms / 1000 if isinstance(vad, ServerVadChunking) else None
 
 
 def _check_language(language: str | None, model: str) -> None:

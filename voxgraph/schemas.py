@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from voxgraph.errors import BadRequest
@@ -38,7 +39,7 @@ MODEL_LANGUAGES: dict[str, frozenset[str]] = {
     "nvidia/parakeet-tdt-0.6b-v2": frozenset({"en"}),
 }
 
-TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt", "diarized_json"]
 DiarizationFormat = Literal["json", "rttm"]
 
 
@@ -66,7 +67,65 @@ class SpeakerCountHints(Options):
     """At most this many speakers."""
 
 
-class TranscribeOptions(SpeakerCountHints):
+# OpenAI accepts up to 4 references; a library of enrolled voices takes more names.
+MAX_KNOWN_SPEAKERS = 32
+
+
+class KnownSpeakers(SpeakerCountHints):
+    """Who may be named: enrolled speakers, per-request references, or the whole library."""
+
+    known_speaker_names: list[str] = Field(
+        default_factory=list, alias="known_speaker_names[]", max_length=MAX_KNOWN_SPEAKERS
+    )
+    """Names to recognise; with references, one name per reference, else enrolled names."""
+    known_speaker_references: list[str] = Field(
+        default_factory=list, alias="known_speaker_references[]", max_length=MAX_KNOWN_SPEAKERS
+    )
+    """Short reference clips as data URLs (`data:audio/wav;base64,...`), one per name."""
+    identify: bool = False
+    """Match the speakers against every enrolled speaker of the library."""
+
+    @field_validator("known_speaker_names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        names = [n.strip() for n in v]
+        if any(not n or len(n) > 64 for n in names):
+            raise ValueError("each known speaker name must be 1 to 64 characters")
+        if len({n.casefold() for n in names}) != len(names):
+            raise ValueError("known speaker names must be distinct")
+        return names
+
+    @model_validator(mode="after")
+    def _counts(self) -> KnownSpeakers:
+        refs, names = len(self.known_speaker_references), len(self.known_speaker_names)
+        if refs and refs != names:
+            raise ValueError(
+                f"known_speaker_references[] ({refs}) and known_speaker_names[] ({names}) "
+                "must have the same length: one name per reference clip"
+            )
+        return self
+
+    @property
+    def wants_identity(self) -> bool:
+        return self.identify or bool(self.known_speaker_names)
+
+
+class ServerVadChunking(BaseModel):
+    """OpenAI's `server_vad` chunking: segments end where speech pauses."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    type: Literal["server_vad"]
+    """Always `server_vad`."""
+    prefix_padding_ms: int = Field(300, ge=0, le=10_000)
+    """Audio kept before detected speech (milliseconds)."""
+    silence_duration_ms: int = Field(200, ge=0, le=10_000)
+    """A pause at least this long ends a segment (milliseconds)."""
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Speech activity above which a frame counts as speech, in [0, 1]."""
+
+
+class TranscribeOptions(KnownSpeakers):
     """Options of /v1/audio/transcriptions and the handle's `transcribe`."""
 
     model: str | None = None
@@ -76,9 +135,12 @@ class TranscribeOptions(SpeakerCountHints):
     prompt: str | None = None
     """Accepted for OpenAI compatibility; Parakeet takes no prompt and ignores it."""
     response_format: TranscriptionFormat = "json"
-    """json, text, verbose_json, srt or vtt."""
+    """json, text, verbose_json, srt, vtt or diarized_json (which implies diarize)."""
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     """Accepted for compatibility; decoding is greedy."""
+    chunking_strategy: Literal["auto"] | ServerVadChunking | None = None
+    """`auto` (voxgraph's own windowing) or a `server_vad` object; form fields
+    `chunking_strategy[type]`, `chunking_strategy[threshold]`, … as OpenAI's client sends."""
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
         default_factory=lambda: ["segment"], alias="timestamp_granularities[]"
     )
@@ -101,6 +163,26 @@ class TranscribeOptions(SpeakerCountHints):
     def _default_granularities(cls, v: Any) -> Any:
         return ["segment"] if v is None or v == [] else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_form_fields(cls, data: Any) -> Any:
+        # Multipart carries an object as `chunking_strategy[type]=server_vad`, ...
+        if not isinstance(data, dict):
+            return data
+        prefix = "chunking_strategy["
+        nested = {k[len(prefix) : -1]: v for k, v in data.items() if k.startswith(prefix)}
+        if not nested:
+            return data
+        rest = {k: v for k, v in data.items() if not k.startswith(prefix)}
+        if "chunking_strategy" in rest:
+            raise ValueError("give chunking_strategy either as a value or as fields, not both")
+        return {**rest, "chunking_strategy": nested}
+
+    @property
+    def diarized(self) -> bool:
+        """Speakers wanted: diarize=true, diarized_json, or names asked for."""
+        return self.diarize or self.response_format == "diarized_json" or self.wants_identity
+
 
 class TranslateOptions(Options):
     """Options of /v1/audio/translations and the handle's `translate`."""
@@ -115,15 +197,15 @@ class TranslateOptions(Options):
     """Accepted for compatibility; decoding is greedy."""
 
 
-class DiarizeOptions(SpeakerCountHints):
+class DiarizeOptions(KnownSpeakers):
     """Options of /v1/audio/diarize and the handle's `diarize`."""
 
     response_format: DiarizationFormat = "json"
     """json or rttm."""
 
 
-class DiarizeChunkOptions(Options):
-    """Options of /v1/audio/diarize-chunk and the handle's `diarize_chunk`: none yet."""
+class DiarizeChunkOptions(KnownSpeakers):
+    """Options of /v1/audio/diarize-chunk and the handle's `diarize_chunk`."""
 
 
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -228,6 +310,47 @@ class VerboseTranscriptionResponse(Body):
     model: str
     segments: list[SegmentOut] | None = None
     words: list[WordOut] | None = None
+
+
+class DiarizedSegmentOut(Body):
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    """Always `transcript.text.segment`."""
+    id: str
+    """Segment id (`seg_0`, `seg_1`, ...)."""
+    start: float
+    """Seconds."""
+    end: float
+    """Seconds."""
+    speaker: str
+    """A known speaker's name, else `A`, `B`, ... in order of first appearance."""
+    text: str
+    """What the speaker said in this segment."""
+    speaker_confidence: float | None = None
+    """Mean activity of the speaker over the segment, in [0, 1] (voxgraph extension)."""
+    identity_score: float | None = None
+    """Cosine of the speaker's voiceprint to the named voice, when named (voxgraph extension)."""
+
+
+class DurationUsage(Body):
+    type: Literal["duration"] = "duration"
+    """Always `duration`."""
+    seconds: float
+    """Audio duration (seconds)."""
+
+
+class DiarizedTranscriptionResponse(Body):
+    """OpenAI's `diarized_json` transcription."""
+
+    task: Literal["transcribe"] = "transcribe"
+    """Always `transcribe`."""
+    duration: float
+    """Seconds."""
+    text: str
+    """The whole transcript."""
+    segments: list[DiarizedSegmentOut]
+    """Speaker segments in time order."""
+    usage: DurationUsage
+    """Audio seconds of the request."""
 
 
 class ErrorBody(Body):
