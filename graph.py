@@ -102,7 +102,7 @@ class IngressArgs(BaseModel):
     """CPUs per ingress replica (decoding runs here)."""
     num_replicas: int = Field(1, ge=1)
     """Ingress replicas."""
-    max_ongoing_requests: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1)
     """Requests one ingress replica holds at once."""
     max_queued_requests: int = Field(256, ge=-1)
     """Requests queued at the proxy before 503."""

@@ -15,13 +15,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.http_guards import (
     BodyLimitMiddleware,
+    ErrorCountMiddleware,
     GuardMiddleware,
+    UploadDeadlineMiddleware,
     error_response,
     http_error_response,
     route_path,
@@ -50,6 +52,8 @@ logger = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "bad input or options"},
     413: {"model": ErrorResponse, "description": "upload or audio over the limit"},
+    404: {"model": ErrorResponse, "description": "no such speaker"},
+    409: {"model": ErrorResponse, "description": "a speaker with that name is enrolled"},
     415: {"model": ErrorResponse, "description": "no audio stream"},
     503: {"model": ErrorResponse, "description": "a model is loading or the service is overloaded"},
 }
@@ -111,6 +115,35 @@ DiarizeForm = upload_form(DiarizeOptions)
 DiarizeChunkForm = upload_form(DiarizeChunkOptions)
 
 
+class SpeakerForm(BaseModel):
+    """Enrolment: a name and one or more clips of that person speaking alone."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    """The speaker's name as transcripts will show it (letters, digits, space, . _ ' -)."""
+    file: list[UploadFile] = Field(default_factory=list)
+    """Clips of the speaker (repeat the field for several; each decoded like an upload)."""
+
+
+class SamplesForm(BaseModel):
+    """More clips for an enrolled speaker."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    file: list[UploadFile] = Field(default_factory=list)
+    """Clips of the speaker (repeat the field for several)."""
+
+
+async def read_clips(files: list[UploadFile]) -> list[bytes]:
+    clips = [await f.read() for f in files if isinstance(f, StarletteUploadFile)]
+    if not clips:
+        raise BadRequest("no audio clip: send each clip as a multipart form field 'file'")
+    if not all(clips):
+        raise BadRequest("an uploaded clip is empty")
+    return clips
+
+
 async def read_upload(form: BaseModel) -> tuple[bytes, str, dict[str, Any]]:
     """(file bytes, file stem, options as sent) from a parsed upload form."""
     file = getattr(form, "file", None)
@@ -148,9 +181,13 @@ def build_api(service: VoxgraphService | None) -> FastAPI:
     )
     api.state.service = service
     api.state.settings = service.settings if service is not None else None
-    # Order matters: the body limit must see the bytes before anything buffers them.
+    # The last added runs first: errors are counted around everything, a stalled or
+    # trickling body is cut before the limit counts it, and the limit sees the bytes
+    # before anything buffers them.
     api.add_middleware(GuardMiddleware)
     api.add_middleware(BodyLimitMiddleware)
+    api.add_middleware(UploadDeadlineMiddleware)
+    api.add_middleware(ErrorCountMiddleware)
     api.add_exception_handler(VoxgraphError, _voxgraph_error)  # type: ignore[arg-type]
     api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     api.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -224,6 +261,45 @@ async def http_diarize(
     data, stem, options = await read_upload(form)
     result = await _service(request).diarize(data, file_id=stem, **options)
     return render(result, form.response_format)
+
+
+@router.post("/v1/speakers", summary="Enrol a named speaker from clips", responses=ERRORS)
+async def http_enrol(
+    request: Request,
+    form: Annotated[SpeakerForm, Form()],
+) -> JSONResponse:
+    clips = await read_clips(form.file)
+    body = await _service(request).enrol_speaker(form.name, clips)
+    return JSONResponse(body, status_code=201)
+
+
+@router.get("/v1/speakers", summary="Enrolled speakers")
+async def http_speakers(request: Request) -> JSONResponse:
+    return JSONResponse(await _service(request).list_speakers())
+
+
+@router.get("/v1/speakers/{speaker_id}", summary="One enrolled speaker", responses=ERRORS)
+async def http_speaker(request: Request, speaker_id: str) -> JSONResponse:
+    return JSONResponse(await _service(request).get_speaker(speaker_id))
+
+
+@router.delete("/v1/speakers/{speaker_id}", summary="Erase a speaker and its voiceprints")
+async def http_forget(request: Request, speaker_id: str) -> JSONResponse:
+    return JSONResponse(await _service(request).delete_speaker(speaker_id))
+
+
+@router.post(
+    "/v1/speakers/{speaker_id}/samples",
+    summary="Add clips to an enrolled speaker",
+    responses=ERRORS,
+)
+async def http_samples(
+    request: Request,
+    speaker_id: str,
+    form: Annotated[SamplesForm, Form()],
+) -> JSONResponse:
+    clips = await read_clips(form.file)
+    return JSONResponse(await _service(request).add_speaker_samples(speaker_id, clips))
 
 
 @router.post(

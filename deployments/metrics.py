@@ -160,6 +160,7 @@ ROUTES = frozenset(
         "/v1/audio/translations",
         "/v1/audio/diarize",
         "/v1/audio/diarize-chunk",
+        "/v1/speakers",
         "/docs",
         "/openapi.json",
     }
@@ -227,6 +228,8 @@ class IngressMetrics:
 
 
 def _route(path: str) -> str:
+    if path.startswith("/v1/speakers/"):
+        return "/v1/speakers"  # one series for every speaker id
     return path if path in ROUTES else "other"
 
 

@@ -9,8 +9,10 @@ Lifecycle of a replica:
   replica until it returns) merges the `user_config` in and starts the one load of
   the replica's start, then waits for it up to `load_wait_s`: a replica added by
   autoscaling or replacing a dead one takes traffic only once its model is ready.
-  If that load fails, `reconfigure` raises, so Serve replaces the replica with
-  backoff instead of keeping one that can only answer 503.
+  If that load fails, `reconfigure` raises: the replica fails to start instead of
+  running on, answering 503 for ever. Serve retries the start; after a few failures
+  it stops a rolling update (the previous version's replicas keep serving) or marks
+  a new deployment DEPLOY_FAILED, with the load error in `serve status`.
 - A deployment without a `user_config` gets no `reconfigure`: its first
   `status()`, `check_health()` or request starts the load from the bind args.
 - Loading runs in one background thread, so `status()` answers (and the ingress
@@ -33,33 +35,13 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
-
 from deployments.metrics import model_metrics
 from voxgraph import models
 from voxgraph.errors import BadRequest, ModelFailed, ModelLoading
+from voxgraph.settings import ModelConfig
 from voxgraph.types import ModelInfo
 
 logger = logging.getLogger("ray.serve")
-
-try:
-    from voxgraph.settings import ModelConfig  # type: ignore[attr-defined]
-except ImportError:
-
-    class ModelConfig(BaseModel):  # type: ignore[no-redef]
-        """A model deployment's `user_config`; every field can change in place."""
-
-        model: str
-        """Hugging Face / NGC model name (from_pretrained) or local `.nemo` path (restore_from)."""
-        precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
-        """Autocast precision on CUDA; CPU always runs fp32."""
-        max_batch_size: int = Field(8, ge=1)
-        """Most requests (embedder: clips) fused into one forward pass."""
-        batch_wait_timeout_s: float = Field(0.01, ge=0)
-        """How long the first request of a batch waits for others (seconds)."""
-        load_wait_s: float = Field(600.0, ge=0)
-        """How long a starting replica holds off traffic while its model loads (seconds)."""
-
 
 __all__ = ["LoadRunner", "ModelConfig", "ModelHost", "check_audio"]
 
@@ -80,6 +62,7 @@ class ModelHost:
     load_runner: ClassVar[LoadRunner] = staticmethod(models.load_runner)
     """The loader; NeMo's by default. Tests put a fake one here."""
     pick_device: ClassVar[Callable[[], str]] = staticmethod(models.pick_device)
+    """Where a new model goes: CUDA when present."""
 
     def __init__(self, **config: Any):
         self._config = ModelConfig(**config)

@@ -43,17 +43,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent
 RAY = Path(sys.executable).with_name("ray")
 SERVE = Path(sys.executable).with_name("serve")
 if not RAY.exists():  # not run from the venv's python
     RAY, SERVE = Path(shutil.which("ray") or "ray"), Path(shutil.which("serve") or "serve")
 TINY_FILES = {"ASR": "asr.nemo", "Diarizer": "diarizer.nemo", "Embedder": "embedder.nemo"}
-MODEL_ENV = {
-    "ASR": "VOXGRAPH_ASR_MODEL",
-    "Diarizer": "VOXGRAPH_DIARIZER_MODEL",
-    "Embedder": "VOXGRAPH_EMBEDDER_MODEL",
-}
+ARGS_KEY = {"ASR": "asr", "Diarizer": "diarizer", "Embedder": "embedder"}  # in the app's args
 MODELS = tuple(TINY_FILES)
 from deployments.loopback import HOOK as LOOPBACK_HOOK  # noqa: E402
 
@@ -342,29 +337,33 @@ def _loopback(host: str) -> bool:
 
 
 def derive_config(http_port: int, batch_sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    """serve_config.yaml with tiny models, loopback HTTP, short autoscaling; shares kept."""
+    """serve_config.yaml with tiny models, loopback HTTP, short autoscaling; shares kept.
+
+    Models and GPU shares are the app's `args`. The autoscaling delays and new batch
+    sizes go in `deployments:` overrides: Serve applies those to running replicas,
+    where a change to `args` would replace every replica.
+    """
     import yaml
 
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     cfg["http_options"] = {**cfg.get("http_options", {}), "host": "127.0.0.1", "port": http_port}
     (app,) = cfg["applications"]
     runtime_env = app.setdefault("runtime_env", {})
-    env_vars = runtime_env.setdefault("env_vars", {})
-    for name, file in TINY_FILES.items():
-        # graph:app binds its models from these at import; user_config says the same.
-        env_vars[MODEL_ENV[name]] = str(ROOT / "models" / "tiny" / file)
-    # The hook below lives in this file; ROOT first so replicas run this checkout's code.
-    env_vars["PYTHONPATH"] = f"{ROOT}{os.pathsep}{SCRIPTS}"
+    # Replicas import this checkout's graph and deployments.
+    runtime_env.setdefault("env_vars", {})["PYTHONPATH"] = str(ROOT)
     runtime_env["worker_process_setup_hook"] = LOOPBACK_HOOK
-    for d in app["deployments"]:
-        if d["name"] not in TINY_FILES:
-            continue
-        if not d["ray_actor_options"].get("num_gpus"):
-            raise ValueError(f"{d['name']}: serve_config.yaml has no GPU share to keep")
-        d["user_config"]["model"] = env_vars[MODEL_ENV[d["name"]]]
-        if batch_sizes and d["name"] in batch_sizes:
-            d["user_config"]["max_batch_size"] = batch_sizes[d["name"]]
-        d["autoscaling_config"] = {**d["autoscaling_config"], **AUTOSCALING}
+    overrides = []
+    for name, file in TINY_FILES.items():
+        args = app["args"][ARGS_KEY[name]]
+        if not args.get("num_gpus"):
+            raise ValueError(f"{name}: serve_config.yaml has no GPU share to keep")
+        args["model"] = str(ROOT / "models" / "tiny" / file)
+        override: dict[str, Any] = {"name": name, "autoscaling_config": dict(AUTOSCALING)}
+        if batch_sizes and name in batch_sizes:
+            # A partial user_config: the replica merges it over the config it runs.
+            override["user_config"] = {"max_batch_size": batch_sizes[name]}
+        overrides.append(override)
+    app["deployments"] = overrides
     return cfg
 
 

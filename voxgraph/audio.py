@@ -19,6 +19,8 @@ caller can budget for the audio before paying for it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,14 +32,16 @@ import soxr
 
 from voxgraph.errors import (
     AudioTooLong,
+    BadRequest,
     EmptyAudio,
+    PayloadTooLarge,
     TruncatedAudio,
     UndecodableAudio,
     UnsupportedMediaType,
 )
 from voxgraph.types import SAMPLE_RATE
 
-__all__ = ["SUPPORTED_FORMATS", "decode_audio", "encode_wav", "probe_duration"]
+__all__ = ["SUPPORTED_FORMATS", "data_url_bytes", "decode_audio", "encode_wav", "probe_duration"]
 
 SUPPORTED_FORMATS = (
     "WAV (8/16/24/32-bit PCM, float), FLAC, MP3, OGG Vorbis, Opus, M4A/AAC, "
@@ -721,3 +725,31 @@ def _interleaved_mean(frame: av.AudioFrame) -> np.ndarray:
     if channels == 1:
         return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
     return samples.mean(axis=1, dtype=np.float32)
+
+
+def data_url_bytes(url: str, *, max_bytes: int, what: str = "reference") -> bytes:
+    """The payload of a base64 `data:` URL (`data:audio/wav;base64,...`), checked.
+
+    Only base64 data URLs of audio (or octet-stream) are accepted: the clip is then
+    decoded and checked like any upload.
+    """
+    head, sep, payload = url.strip().partition(",")
+    if not sep or not head.lower().startswith("data:"):
+        raise BadRequest(f"{what} must be a data URL such as 'data:audio/wav;base64,...'")
+    params = head[5:].split(";")
+    media = params[0].strip().lower()
+    if "base64" not in (p.strip().lower() for p in params[1:]):
+        raise BadRequest(
+            f"{what} must be base64-encoded ('data:{media or 'audio/wav'};base64,...')"
+        )
+    if media and not media.startswith(("audio/", "video/", "application/octet-stream")):
+        raise BadRequest(f"{what} has media type {media!r}, not audio")
+    if len(payload) > max_bytes * 4 // 3 + 4:
+        raise PayloadTooLarge(f"{what} is over the {max_bytes / 2**20:g} MB limit")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{what} is not valid base64: {e}") from e
+    if not data:
+        raise BadRequest(f"{what} is empty")
+    return data

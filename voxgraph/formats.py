@@ -17,6 +17,7 @@ from voxgraph.schemas import (
     DiarizedTranscriptionResponse,
     DiarizeResponse,
     DurationUsage,
+    IdentificationOut,
     SegmentOut,
     TranscriptionResponse,
     TurnOut,
@@ -120,6 +121,8 @@ class TranscriptionOutput:
     """Score of each speaker label that is a known speaker's name."""
     pause_s: float | None = None
     """With server_vad chunking: a pause this long between words ends a diarized segment."""
+    identification: dict[str, Any] | None = None
+    """How speakers were named (threshold, candidates, skipped), when names were asked for."""
 
     def render(self, fmt: str) -> dict[str, Any] | str:
         """The body for `fmt`: a JSON-able dict (json, verbose_json) or text."""
@@ -157,6 +160,7 @@ class TranscriptionOutput:
                 text=t.text,
                 model=self.model,
                 **extra,
+                **self._identification(),
             )
         raise ValueError(f"unknown response_format {fmt!r}")
 
@@ -191,7 +195,13 @@ class TranscriptionOutput:
             text=" ".join(s.text for s in out),
             segments=out,
             usage=DurationUsage(type="duration", seconds=d),
+            **self._identification(),
         )
+
+    def _identification(self) -> dict[str, Any]:
+        if self.identification is None:
+            return {}
+        return {"identification": IdentificationOut.model_validate(self.identification)}
 
     def _segments(self) -> list[SegmentOut]:
         return [self._segment(i, s) for i, s in enumerate(self.transcript.segments)]
@@ -213,6 +223,8 @@ class TranscriptionOutput:
             out.speaker_confidence = (
                 None if s.speaker_confidence is None else _r(s.speaker_confidence, 4)
             )
+            if s.speaker in self.identity_scores:
+                out.identity_score = _r(self.identity_scores[s.speaker], 4)
         return out
 
 
@@ -257,7 +269,8 @@ def rttm_lines(turns: Sequence[Turn], file_id: str = "audio") -> str:
     """Standard RTTM: `SPEAKER <file> 1 <start> <dur> <NA> <NA> <speaker> <NA> <NA>`."""
     file_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in file_id) or "audio"
     lines = [
-        f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>"
+        f"SPEAKER {file_id} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> "
+        f"{'_'.join(str(t.speaker).split())} <NA> <NA>"
         for t in turns
         if t.end > t.start
     ]
@@ -274,6 +287,10 @@ class DiarizationOutput:
     device: str
     fingerprints: dict[str, list[float]] | None = None
     models: dict[str, str] | None = None
+    identity_scores: dict[str, float] = field(default_factory=dict)
+    """Score of each speaker label that is a known speaker's name."""
+    identification: dict[str, Any] | None = None
+    """How speakers were named, when names were asked for."""
 
     @property
     def speakers(self) -> list[str]:
@@ -294,25 +311,30 @@ class DiarizationOutput:
         if fmt != "json":
             raise ValueError(f"unknown response_format {fmt!r}")
         common: dict[str, Any] = {
-            "segments": [
-                TurnOut(
-                    start_s=_r(t.start),
-                    end_s=_r(t.end),
-                    speaker=str(t.speaker),
-                    confidence=None if t.confidence is None else _r(t.confidence, 4),
-                )
-                for t in self.turns
-            ],
+            "segments": [self._turn(t) for t in self.turns],
             "speakers_detected": self.speakers,
             "duration": _r(self.duration),
             "model": self.model,
             "device": self.device,
         }
+        if self.identification is not None:
+            common["identification"] = IdentificationOut.model_validate(self.identification)
         if self.fingerprints is None:
             return DiarizeResponse(**common)
         return DiarizeChunkResponse(
             **common, fingerprints=self.fingerprints, models=dict(self.models or {})
         )
+
+    def _turn(self, t: Turn) -> TurnOut:
+        out = TurnOut(
+            start_s=_r(t.start),
+            end_s=_r(t.end),
+            speaker=str(t.speaker),
+            confidence=None if t.confidence is None else _r(t.confidence, 4),
+        )
+        if t.speaker in self.identity_scores:
+            out.identity_score = _r(self.identity_scores[str(t.speaker)], 4)
+        return out
 
 
 def _speaker_sort_key(label: str) -> tuple[int, str]:

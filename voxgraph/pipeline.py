@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,21 +31,30 @@ from voxgraph.attribution import (
     merge_window_transcripts,
     split_segments_by_speaker,
 )
-from voxgraph.audio import decode_audio, probe_duration
+from voxgraph.audio import data_url_bytes, decode_audio, probe_duration
 from voxgraph.budget import AudioBudget
 from voxgraph.errors import BadRequest, PayloadTooLarge
 from voxgraph.formats import DiarizationOutput, TranscriptionOutput
+from voxgraph.identity import Candidate, identify, speaker_voiceprints
 from voxgraph.linking import SpeakerHints, link_speakers, stitch
 from voxgraph.schemas import (
     MODEL_LANGUAGES,
     DiarizeChunkOptions,
     DiarizeOptions,
+    KnownSpeakers,
     ServerVadChunking,
     SpeakerCountHints,
     TranscribeOptions,
 )
 from voxgraph.settings import Settings
-from voxgraph.turns import l2_normalise, speaker_clips, speaker_label, with_confidence
+from voxgraph.turns import (
+    frame_span,
+    l2_normalise,
+    speaker_clips,
+    speaker_label,
+    speech_seconds,
+    with_confidence,
+)
 from voxgraph.types import SAMPLE_RATE, Diarization, ModelInfo, Transcript, Turn
 from voxgraph.windows import Window, plan_windows, window_samples
 
@@ -80,12 +90,26 @@ class Backends(Protocol):
         ...
 
 
+class Library(Protocol):
+    """Enrolled voices (voxgraph.speakers.SpeakerLibrary)."""
+
+    async def candidates(
+        self, model: str, names: Sequence[str] | None = None
+    ) -> list[Candidate]: ...
+
+
 class Pipeline:
     """decode → windows → ASR ∥ diarizer → fingerprints → link → stitch → attribute."""
 
-    def __init__(self, backends: Backends, settings: Settings | None = None):
+    def __init__(
+        self,
+        backends: Backends,
+        settings: Settings | None = None,
+        library: Library | None = None,
+    ):
         self.backends = backends
         self.settings = settings or Settings.load()
+        self.library = library
         self.budget = AudioBudget(self.settings.max_inflight_audio_s)
 
     # ------------------------------------------------------------ operations
@@ -95,12 +119,15 @@ class Pipeline:
         hints = _hints(opts)
         asr = await self.backends.info("asr")
         _check_language(opts.language, asr.model)
+        known = await self._known(opts)
+        naming = Naming()
         async with self._admitted(audio) as samples:
             if opts.diarized:
-                transcript, diar = await asyncio.gather(
+                transcript, (diar, prints) = await asyncio.gather(
                     self._transcript(samples), self._speakers(samples, hints)
                 )
-                transcript = attribute(transcript, diar)
+                naming = await self._identify(prints, known)
+                transcript = attribute(transcript, diar, naming.label)
             else:
                 transcript = await self._transcript(samples)
         return TranscriptionOutput(
@@ -111,41 +138,70 @@ class Pipeline:
             temperature=opts.temperature,
             diarized=opts.diarized,
             pause_s=_pause_s(opts),
+            identity_scores=naming.scores,
+            identification=naming.report,
         )
 
     async def diarize(self, audio: bytes, opts: DiarizeOptions) -> DiarizationOutput:
         """Who spoke when, with speakers consistent across the whole recording."""
         hints = _hints(opts)
+        known = await self._known(opts)
         async with self._admitted(audio) as samples:
-            diar = await self._speakers(samples, hints)
+            diar, prints = await self._speakers(samples, hints)
+        naming = await self._identify(prints, known)
         info = await self.backends.info("diarizer")
         return DiarizationOutput(
-            turns=labelled_turns(diar),
+            turns=labelled_turns(diar, naming.label),
             duration=len(samples) / SAMPLE_RATE,
             model=info.model,
             device=info.device,
+            identity_scores=naming.scores,
+            identification=naming.report,
         )
 
     async def diarize_chunk(
         self, audio: bytes, opts: DiarizeChunkOptions | None = None
     ) -> DiarizationOutput:
         """Chunk-local speakers with confidence and one fingerprint per speaker."""
+        known = await self._known(opts) if opts is not None else None
         async with self._admitted(audio) as samples:
             diar = await self.backends.diarize(samples)
             prints = await self._fingerprints(samples, diar)
+        naming = await self._identify(prints, known)
         dinfo, einfo = await asyncio.gather(
             self.backends.info("diarizer"), self.backends.info("embedder")
         )
         return DiarizationOutput(
-            turns=labelled_turns(diar),
+            turns=labelled_turns(diar, naming.label),
             duration=len(samples) / SAMPLE_RATE,
             model=dinfo.model,
             device=dinfo.device,
             fingerprints={
-                speaker_label(k): [round(float(x), 6) for x in v] for k, v in prints.items()
+                naming.label(k): [round(float(x), 6) for x in v] for k, v in prints.items()
             },
             models={"diarization": dinfo.model, "embedding": einfo.model},
+            identity_scores=naming.scores,
+            identification=naming.report,
         )
+
+    async def voiceprint(self, audio: bytes, what: str = "the clip") -> tuple[np.ndarray, float]:
+        """(fingerprint, speech seconds) of one voice: a reference or an enrolment clip.
+
+        The clip is decoded and checked like an upload; the diarizer must hear one
+        main voice (another voice speaking on its own for more than a fifth of the
+        main voice's time is refused) with at least `min_reference_speech_s` of speech.
+        """
+        async with self._admitted(audio) as samples:
+            diar = await self.backends.diarize(samples)
+            speaker, speech_s = main_voice(diar, what)
+            need = self.settings.min_reference_speech_s
+            if speech_s < need:
+                raise BadRequest(
+                    f"{what} has {speech_s:.1f} s of speech; at least {need:g} s is needed"
+                )
+            clip = speaker_clips(samples, diar.turns, 0.0)[speaker]
+            emb = await self.backends.embed([clip])
+        return l2_normalise(emb[0]), speech_s
 
     # ------------------------------------------------------------ the walk
 
@@ -183,8 +239,14 @@ class Pipeline:
         )
         return merge_window_transcripts(windows, parts)
 
-    async def _speakers(self, samples: np.ndarray, hints: SpeakerHints) -> Diarization:
-        """Windows diarized and fingerprinted, speakers linked, stitched in global time."""
+    async def _speakers(
+        self, samples: np.ndarray, hints: SpeakerHints
+    ) -> tuple[Diarization, dict[int, np.ndarray]]:
+        """Windows diarized and fingerprinted, speakers linked, stitched in global time.
+
+        Also each global speaker's voiceprint: its windows' fingerprints weighted by
+        their speech, so a speaker is named from all of its speech in the recording.
+        """
         s = self.settings
         windows = plan_windows(len(samples) / SAMPLE_RATE, s.diar_window_s, s.diar_overlap_s)
 
@@ -197,7 +259,9 @@ class Pipeline:
         diars = [d for d, _ in results]
         prints = [p for _, p in results]
         mappings = link_speakers(windows, diars, prints, hints, threshold=s.link_threshold)
-        return stitch(windows, diars, mappings)
+        speech = [speech_seconds(d.turns) for d in diars]
+        voiceprints = speaker_voiceprints(prints, mappings, speech)  # type: ignore[arg-type]
+        return stitch(windows, diars, mappings), voiceprints
 
     async def _fingerprints(self, clip: np.ndarray, diar: Diarization) -> dict[int, np.ndarray]:
         """L2-normalised fingerprint per local speaker with enough speech, in one call."""
@@ -207,6 +271,46 @@ class Pipeline:
         speakers = sorted(clips)
         embs = await self.backends.embed([clips[k] for k in speakers])
         return {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}
+
+    async def _known(self, opts: KnownSpeakers) -> list[Candidate] | None:
+        """The voices this request may name, or None when it asks for no names."""
+        if not opts.wants_identity:
+            return None
+        model = (await self.backends.info("embedder")).model
+        known: list[Candidate] = []
+        refs = opts.known_speaker_references
+        for i, (name, url) in enumerate(zip(opts.known_speaker_names, refs, strict=False)):
+            what = f"known_speaker_references[{i}] ({name})"
+            clip = data_url_bytes(
+                url, max_bytes=int(self.settings.max_upload_mb * 2**20), what=what
+            )
+            vector, _ = await self.voiceprint(clip, what)
+            known.append(Candidate(f"ref_{i}", name, model, vector, "reference"))
+        names = None if opts.identify else ([] if refs else opts.known_speaker_names)
+        if names != []:
+            if self.library is None:
+                raise BadRequest("this service has no speaker library; send references instead")
+            known += await self.library.candidates(model, names)
+        return known
+
+    async def _identify(
+        self, voiceprints: dict[int, np.ndarray], known: list[Candidate] | None
+    ) -> Naming:
+        if known is None:
+            return Naming()
+        model = (await self.backends.info("embedder")).model
+        result = identify(voiceprints, known, model, self.settings.identify_threshold)
+        return Naming(
+            names={k: (i.name, i.score) for k, i in result.assignments.items()},
+            report={
+                "threshold": result.threshold,
+                "candidates": len(known),
+                "skipped": [
+                    {"name": sk.name, "reason": sk.reason, "detail": sk.detail}
+                    for sk in result.skipped
+                ],
+            },
+        )
 
     async def _each(self, windows: list[Window], fn: Callable[[Window], Awaitable[T]]) -> list[T]:
         """`fn` over windows in order, at most `max_windows_in_flight` at once.
@@ -226,11 +330,52 @@ class Pipeline:
 # ---------------------------------------------------------------- pure steps
 
 
-def attribute(transcript: Transcript, diar: Diarization) -> Transcript:
+@dataclass(frozen=True)
+class Naming:
+    """Which global speakers got a known name, with what score; empty when none asked."""
+
+    names: dict[int, tuple[str, float]] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+
+    def label(self, k: int) -> str:
+        named = self.names.get(int(k))
+        return named[0] if named else speaker_label(int(k))
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {name: score for name, score in self.names.values()}
+
+
+def main_voice(diar: Diarization, what: str) -> tuple[int, float]:
+    """(speaker, speech seconds) of the clip's one main voice, or a 400 saying why not."""
+    speech = speech_seconds(diar.turns)
+    if not speech or max(speech.values()) <= 0:
+        raise BadRequest(f"{what} has no speech the diarizer can hear")
+    main = max(speech, key=lambda k: speech[k])
+    frames = diar.probs.shape[0]
+    active = np.zeros((max(frames, 1), diar.probs.shape[1] if diar.probs.ndim == 2 else 1), bool)
+    for t in diar.turns:
+        i0, i1 = frame_span(t.start, t.end, diar.frame_s, active.shape[0])
+        active[i0:i1, int(t.speaker)] = True
+    others = np.delete(active, int(main), axis=1).any(axis=1) & ~active[:, int(main)]
+    alone_s = float(others.sum()) * diar.frame_s
+    if alone_s > 0.2 * speech[main]:
+        raise BadRequest(
+            f"{what} holds more than one voice ({alone_s:.1f} s of another speaker alone "
+            f"against {speech[main]:.1f} s of the main one); send a clip of one speaker"
+        )
+    return int(main), float(speech[main])
+
+
+def attribute(
+    transcript: Transcript, diar: Diarization, label: Callable[[int], str] = speaker_label
+) -> Transcript:
     """A new transcript whose words and segments carry speakers and confidence."""
     turns = with_confidence(diar.turns, diar.probs, diar.frame_s)
-    words = assign_word_speakers(transcript.words, diar.probs, diar.frame_s, turns)
-    segments = split_segments_by_speaker(transcript.segments, words, diar.probs, diar.frame_s)
+    words = assign_word_speakers(transcript.words, diar.probs, diar.frame_s, turns, label)
+    segments = split_segments_by_speaker(
+        transcript.segments, words, diar.probs, diar.frame_s, label
+    )
     return Transcript(
         text=transcript.text,
         words=tuple(words),
@@ -239,10 +384,12 @@ def attribute(transcript: Transcript, diar: Diarization) -> Transcript:
     )
 
 
-def labelled_turns(diar: Diarization) -> tuple[Turn, ...]:
-    """Turns with their confidence and `Speaker_<k>` labels."""
+def labelled_turns(
+    diar: Diarization, label: Callable[[int], str] = speaker_label
+) -> tuple[Turn, ...]:
+    """Turns with their confidence and labels (`Speaker_<k>`, or a known name)."""
     return tuple(
-        Turn(t.start, t.end, speaker_label(int(t.speaker)), t.confidence)
+        Turn(t.start, t.end, label(int(t.speaker)), t.confidence)
         for t in with_confidence(diar.turns, diar.probs, diar.frame_s)
     )
 

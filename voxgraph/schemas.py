@@ -246,6 +246,26 @@ class TurnOut(Body):
     """`Speaker_<k>`."""
     confidence: float | None
     """Mean activity probability of the speaker over the turn's frames, in [0, 1]."""
+    identity_score: float | None = None
+    """Cosine of the speaker's voiceprint to the named voice, when `speaker` is a known name."""
+
+
+class SkippedOut(Body):
+    name: str
+    """The known speaker that was not compared."""
+    reason: str
+    """`other_model` (enrolled with another embedding model), `dimension`, `invalid_vector`."""
+    detail: str
+    """What exactly did not fit."""
+
+
+class IdentificationOut(Body):
+    threshold: float
+    """Cosine a voiceprint needed to be named."""
+    candidates: int
+    """Known voices considered (references and enrolled speakers)."""
+    skipped: list[SkippedOut]
+    """Known voices that could not be compared, and why."""
 
 
 class DiarizeResponse(Body):
@@ -259,6 +279,8 @@ class DiarizeResponse(Body):
     """Diarization model."""
     device: str
     """Where the diarization model runs (`cpu`, `cuda`)."""
+    identification: IdentificationOut | None = None
+    """How speakers were named, when names were asked for."""
 
 
 class DiarizeChunkResponse(DiarizeResponse):
@@ -292,6 +314,8 @@ class SegmentOut(Body):
     """`Speaker_<k>` when diarize=true."""
     speaker_confidence: float | None = None
     """Mean activity of that speaker over the segment, in [0, 1], when diarize=true."""
+    identity_score: float | None = None
+    """Cosine of the speaker's voiceprint to the named voice, when the speaker is named."""
 
 
 class TranscriptionResponse(Body):
@@ -310,6 +334,8 @@ class VerboseTranscriptionResponse(Body):
     model: str
     segments: list[SegmentOut] | None = None
     words: list[WordOut] | None = None
+    identification: IdentificationOut | None = None
+    """How speakers were named, when names were asked for."""
 
 
 class DiarizedSegmentOut(Body):
@@ -351,6 +377,8 @@ class DiarizedTranscriptionResponse(Body):
     """Speaker segments in time order."""
     usage: DurationUsage
     """Audio seconds of the request."""
+    identification: IdentificationOut | None = None
+    """How speakers were named, when names were asked for (voxgraph extension)."""
 
 
 class ErrorBody(Body):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
@@ -24,6 +26,8 @@ from voxgraph.schemas import (
     parse_options,
 )
 from voxgraph.settings import Settings
+from voxgraph.speakers import SpeakerLibrary
+from voxgraph.store import Speaker
 
 R = TypeVar("R")
 
@@ -64,6 +68,28 @@ def observed(route: str) -> Callable[[Callable[..., Awaitable[R]]], Callable[...
     return wrap
 
 
+MAX_ENROL_CLIPS = 16
+
+
+def speaker_json(s: Speaker) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "object": "speaker",
+        "name": s.name,
+        "created_at": int(s.created_at),
+        "updated_at": int(s.updated_at),
+        "voiceprints": [
+            {
+                "model": v.model,
+                "clips": v.clip_count,
+                "speech_seconds": round(v.speech_seconds, 2),
+                "consistency": round(v.cosine_mean, 4),
+            }
+            for v in s.voiceprints
+        ],
+    }
+
+
 def owner(model: str) -> str:
     """`nvidia` for `nvidia/...` hub names; `local` for .nemo files."""
     if model.endswith(".nemo") or model.startswith(("/", ".")):
@@ -77,11 +103,17 @@ class VoxgraphService:
     name = "voxgraph"
 
     def __init__(
-        self, backends: Backends, settings: Settings, observer: Observer | None = None
+        self,
+        backends: Backends,
+        settings: Settings,
+        observer: Observer | None = None,
+        library: SpeakerLibrary | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
-        self.pipeline = Pipeline(backends, settings)
+        db = settings.speakers_db.get_secret_value() if settings.speakers_db else None
+        self.library = library or SpeakerLibrary(db)
+        self.pipeline = Pipeline(backends, settings, self.library)
         self.observer: Observer = observer or _Silent()
 
     @observed("/v1/audio/transcriptions")
@@ -122,6 +154,51 @@ class VoxgraphService:
         self.observer.audio_received("/v1/audio/diarize-chunk", out.duration)
         return out.render("json")  # type: ignore[return-value]
 
+    # ------------------------------------------------------------ the speaker library
+
+    @observed("/v1/speakers")
+    async def enrol_speaker(self, name: str, clips: Sequence[bytes]) -> dict[str, Any]:
+        """Enrol a named voice from one or more clips of that person alone."""
+        model, prints, speech = await self._voiceprints(clips)
+        return speaker_json(await self.library.enrol(name, model, prints, speech))
+
+    @observed("/v1/speakers")
+    async def add_speaker_samples(self, speaker_id: str, clips: Sequence[bytes]) -> dict[str, Any]:
+        """Add clips to an enrolled speaker's voiceprint."""
+        await self.library.get(speaker_id)  # 404 before any model work
+        model, prints, speech = await self._voiceprints(clips)
+        return speaker_json(await self.library.add_samples(speaker_id, model, prints, speech))
+
+    @observed("/v1/speakers")
+    async def list_speakers(self) -> dict[str, Any]:
+        """Every enrolled speaker (names and voiceprint summaries, never vectors)."""
+        return {"object": "list", "data": [speaker_json(s) for s in await self.library.list()]}
+
+    @observed("/v1/speakers")
+    async def get_speaker(self, speaker_id: str) -> dict[str, Any]:
+        return speaker_json(await self.library.get(speaker_id))
+
+    @observed("/v1/speakers")
+    async def delete_speaker(self, speaker_id: str) -> dict[str, Any]:
+        """Erase a speaker and its voiceprints."""
+        await self.library.delete(speaker_id)
+        return {"id": speaker_id, "object": "speaker.deleted", "deleted": True}
+
+    async def _voiceprints(
+        self, clips: Sequence[bytes]
+    ) -> tuple[str, list[np.ndarray], list[float]]:
+        if not clips:
+            raise BadRequest("send at least one clip of the speaker in the field 'file'")
+        if len(clips) > MAX_ENROL_CLIPS:
+            raise BadRequest(f"send at most {MAX_ENROL_CLIPS} clips at once")
+        model = (await self.backends.info("embedder")).model
+        prints, speech = [], []
+        for i, clip in enumerate(clips):
+            vector, seconds = await self.pipeline.voiceprint(clip, f"clip {i + 1}")
+            prints.append(vector)
+            speech.append(seconds)
+        return model, prints, speech
+
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """(ready, per-deployment state): ready when every model is loaded."""
         infos = await asyncio.gather(
@@ -140,7 +217,9 @@ class VoxgraphService:
 
     async def describe(self, routes: list[str] | None = None) -> dict[str, Any]:
         """Service name, models, devices and (from HTTP) routes."""
-        infos = await asyncio.gather(*(self.backends.info(r) for r in ROLES), return_exceptions=True)
+        infos = await asyncio.gather(
+            *(self.backends.info(r) for r in ROLES), return_exceptions=True
+        )
         models = {
             role: {"state": "unavailable"}
             if isinstance(info, BaseException)

@@ -97,8 +97,29 @@ class Settings(BaseSettings):
     """Cosine similarity above which two windows' speakers are the same person."""
     request_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("request_timeout_s"))
     """Longest a model call may take before the request fails with 503 (seconds)."""
+    upload_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("upload_timeout_s"))
+    """Longest a request body may take to arrive in full (seconds); slower is refused with 408."""
+    upload_idle_timeout_s: float = Field(
+        15.0, gt=0, validation_alias=_env("upload_idle_timeout_s")
+    )
+    """Longest a request body may stall with no bytes arriving (seconds) before a 408."""
+    upload_min_rate_bytes_s: float = Field(
+        1024.0, ge=0, validation_alias=_env("upload_min_rate_bytes_s")
+    )
+    """Slowest accepted average upload rate (bytes/s), judged after the first 5 s; 0 is off."""
     # NoDecode: the environment gives `key1,key2`, not the JSON list pydantic-settings
     # would otherwise expect for a list field.
+    speakers_db: SecretStr | None = Field(None, validation_alias=_env("speakers_db"))
+    """Speaker library database URL (`sqlite:///path`, `postgresql://...`); unset: a SQLite
+    file under the user's data directory. Secret: a PostgreSQL URL may hold a password."""
+    identify_threshold: float = Field(
+        0.45, ge=-1, le=1, validation_alias=_env("identify_threshold")
+    )
+    """Cosine a speaker's voiceprint needs to a known voice to be named (bench/identity.py)."""
+    min_reference_speech_s: float = Field(
+        1.0, gt=0, validation_alias=_env("min_reference_speech_s")
+    )
+    """Speech a reference or enrolment clip needs (seconds, its main voice alone)."""
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("api_keys", f"{ENV_PREFIX}API_KEY")
     )
