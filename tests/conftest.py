@@ -81,7 +81,10 @@ def service(tiny_models, tmp_path_factory) -> Service:
     config = serve_local.load_config(ROOT / "configs" / "tiny.yaml")
     # Tighter limits than the demo so the limit tests stay small and fast.
     settings = config["applications"][0]["args"].setdefault("settings", {})
-    settings.update({"max_upload_mb": 8, "max_audio_s": 3 * 3600})
+    library = tmp_path_factory.mktemp("speakers") / "speakers.db"
+    settings.update(
+        {"max_upload_mb": 8, "max_audio_s": 3 * 3600, "speakers_db": f"sqlite:///{library}"}
+    )
     path = tmp_path_factory.mktemp("config") / "tiny-test.yaml"
     path.write_text(yaml.safe_dump(config))
     port = _free_port()

@@ -191,16 +191,25 @@ class Pipeline:
         main voice (another voice speaking on its own for more than a fifth of the
         main voice's time is refused) with at least `min_reference_speech_s` of speech.
         """
-        async with self._admitted(audio) as samples:
-            diar = await self.backends.diarize(samples)
-            speaker, speech_s = main_voice(diar, what)
-            need = self.settings.min_reference_speech_s
-            if speech_s < need:
-                raise BadRequest(
-                    f"{what} has {speech_s:.1f} s of speech; at least {need:g} s is needed"
-                )
-            clip = speaker_clips(samples, diar.turns, 0.0)[speaker]
-            emb = await self.backends.embed([clip])
+        try:
+            async with self._admitted(audio) as samples:
+                return await self._one_voice(samples, what)
+        except BadRequest as e:
+            if e.message.startswith(what):
+                raise
+            # Name the clip: a request may carry several references besides its file.
+            raise type(e)(f"{what}: {e.message}") from e
+
+    async def _one_voice(self, samples: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+        diar = await self.backends.diarize(samples)
+        speaker, speech_s = main_voice(diar, what)
+        need = self.settings.min_reference_speech_s
+        if speech_s < need:
+            raise BadRequest(
+                f"{what} has {speech_s:.1f} s of speech; at least {need:g} s is needed"
+            )
+        clip = speaker_clips(samples, diar.turns, 0.0)[speaker]
+        emb = await self.backends.embed([clip])
         return l2_normalise(emb[0]), speech_s
 
     # ------------------------------------------------------------ the walk
