@@ -7,46 +7,33 @@ yields its URL and app handle. Nothing here mocks Ray or NeMo.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from voxgraph.audio import encode_wav
-from voxgraph.synth import speechlike  # noqa: F401  (tests import it from here)
+from tests.support import (  # noqa: F401  (tests import these from here)
+    ROOT,
+    SR,
+    free_port,
+    load_script,
+    replica_actors,
+    speechlike,
+    wav_bytes,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny"
-SR = 16000
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def wav_bytes(samples: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> bytes:
-    return encode_wav(samples, sr, subtype)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_local():
-    spec = importlib.util.spec_from_file_location(
-        "serve_local", ROOT / "scripts" / "serve_local.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("serve_local")
 
 
 @dataclass
@@ -87,7 +74,7 @@ def service(tiny_models, tmp_path_factory) -> Service:
     )
     path = tmp_path_factory.mktemp("config") / "tiny-test.yaml"
     path.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     serve_local.start(path, num_cpus=8, port=port)
     serve_local.wait_healthy(port, timeout_s=600)
     yield Service(f"http://127.0.0.1:{port}", port, serve.get_app_handle("voxgraph"))
@@ -149,20 +136,3 @@ def deploy_ingress_variant(
     url = f"{service.url}{route_prefix}"
     _serve_local().wait_healthy(url, timeout_s=180, interval_s=0.5)
     return url
-
-
-def replica_actors(app: str) -> dict[str, tuple[str, int]]:
-    """{deployment: (actor name, pid)} of the live replicas of Serve app `app`.
-
-    From Ray's actor table (GCS), which needs no dashboard. With several replicas
-    of one deployment, the last listed wins: the tiny graphs run one each.
-    """
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app}#"
-    out: dict[str, tuple[str, int]] = {}
-    for actor in ray._private.state.actors().values():
-        name = actor.get("Name") or ""
-        if name.startswith(prefix) and actor.get("State") == "ALIVE":
-            out[name[len(prefix) :].split("#")[0]] = (name, int(actor["Pid"]))
-    return out

@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -48,9 +49,7 @@ def _install_dir() -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_port(HOST)
 
 
 def _die_with_parent() -> None:

@@ -11,25 +11,17 @@ processes it started.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import load_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def _cluster_smoke():
-    spec = importlib.util.spec_from_file_location(
-        "cluster_smoke", ROOT / "scripts" / "cluster_smoke.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cluster_smoke")
 
 
 @pytest.mark.timeout(1200)

@@ -12,7 +12,6 @@ stops the server and nothing it started may be left.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, _free_port, speechlike, wav_bytes
+from tests.conftest import ROOT, speechlike, wav_bytes
+from tests.support import free_port as _free_port
+from tests.support import load_script
 
 README_PORT = 6379  # the Ray port the README's export line names (the Makefile's default)
 
@@ -45,11 +46,7 @@ print("SHOWN " + json.dumps(shown))
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def readme_handle_section() -> tuple[str, str]:

@@ -7,13 +7,13 @@ Their outputs are meaningless; shapes, dtypes, timing and batching are real.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support import load_script
 from voxgraph import models as M  # imports no torch/NeMo at module level
 from voxgraph.types import Diarization, Transcript
 
@@ -27,12 +27,7 @@ SR = 16_000
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_models", ROOT / "scripts" / "make_tiny_models.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_tiny_models")
 
 
 def _noise(seconds: float, seed: int = 0) -> np.ndarray:

@@ -8,6 +8,7 @@ walk's windows, linking, stitching and attribution can be checked exactly.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import math
 from collections.abc import Sequence
@@ -219,3 +220,63 @@ def test_server_vad_chunking_ends_segments_at_pauses():
     segs = out.render("diarized_json")["segments"]
     assert len(segs) == len(out.transcript.words)
     assert all(len(s["text"].split()) == 1 for s in segs)
+
+
+def _service(tmp_path, fake: FakeBackends):
+    from voxgraph.service import VoxgraphService
+
+    db = f"sqlite:///{tmp_path / 'speakers.db'}"
+    return VoxgraphService(fake, Settings.load({**SETTINGS.model_dump(), "speakers_db": db}))
+
+
+def _voice(value: float, seconds: float) -> bytes:
+    return wav_bytes(np.full(int(seconds * SAMPLE_RATE), value, dtype=np.float32))
+
+
+def test_enrolled_and_referenced_voices_name_speakers_one_to_one(tmp_path):
+    fake = FakeBackends()
+    svc = _service(tmp_path, fake)
+    alice = asyncio.run(svc.enrol_speaker("Alice", [_voice(0.1, 4), _voice(0.1, 3)]))
+    assert alice["voiceprints"][0]["clips"] == 2 and alice["voiceprints"][0]["model"] == (
+        "fake-embedder"
+    )
+    body = asyncio.run(svc.diarize(_meeting(), identify=True))
+    assert [(t["speaker"], t.get("identity_score")) for t in body["segments"]] == [
+        ("Alice", 1.0),
+        ("Speaker_1", None),  # a stranger keeps an anonymous label
+    ]
+    assert body["identification"] == {"threshold": 0.45, "candidates": 1, "skipped": []}
+
+    ref = "data:audio/wav;base64," + base64.b64encode(_voice(0.2, 3)).decode()
+    text = asyncio.run(
+        svc.transcribe(
+            _meeting(),
+            response_format="diarized_json",
+            identify=True,
+            known_speaker_names=["Bob"],
+            known_speaker_references=[ref],
+        )
+    )
+    named = {(s["speaker"], s["text"].split()[0], s["identity_score"]) for s in text["segments"]}
+    assert named == {("Alice", "alice", 1.0), ("Bob", "bob", 1.0)}
+
+    # Only names asked for are candidates: Bob's reference is absent, Alice selected by name.
+    chunk = asyncio.run(svc.diarize_chunk(_voice(0.2, 5), known_speaker_names=["alice"]))
+    assert chunk["speakers_detected"] == ["Speaker_0"] and "Speaker_0" in chunk["fingerprints"]
+    with pytest.raises(BadRequest, match="'Carol'"):
+        asyncio.run(svc.diarize(_meeting(), known_speaker_names=["Carol"]))
+
+    asyncio.run(svc.delete_speaker(alice["id"]))
+    body = asyncio.run(svc.diarize(_meeting(), identify=True))
+    assert {t["speaker"] for t in body["segments"]} == {"Speaker_0", "Speaker_1"}
+
+
+def test_a_clip_with_two_voices_is_refused(tmp_path):
+    svc = _service(tmp_path, FakeBackends())
+    two = np.full(6 * SAMPLE_RATE, 0.1, dtype=np.float32)
+    two[3 * SAMPLE_RATE :] = 0.2
+    with pytest.raises(BadRequest, match="more than one voice"):
+        asyncio.run(svc.enrol_speaker("Dan", [wav_bytes(two)]))
+    with pytest.raises(BadRequest, match="speech"):
+        asyncio.run(svc.enrol_speaker("Dan", [_voice(0.1, 0.5)]))
+    assert asyncio.run(svc.list_speakers())["data"] == []

@@ -20,12 +20,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import deploy_ingress_variant, deploy_variant, speechlike, wav_bytes
+from tests.support import replica_pids, rss_mb
 
 pytestmark = pytest.mark.integration
 
@@ -69,25 +69,7 @@ def burst(url: str, n: int, wav: bytes) -> list[Answer]:
         return list(pool.map(one, range(n)))
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def replicas(app: str) -> dict[str, dict[str, int]]:
-    """{deployment: {actor name: pid}} of the live replicas of `app` (Ray's actor table)."""
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app}#"
-    out: dict[str, dict[str, int]] = {}
-    for actor in ray._private.state.actors().values():
-        name = actor.get("Name") or ""
-        if name.startswith(prefix) and actor.get("State") == "ALIVE":
-            deployment = name[len(prefix) :].split("#")[0]
-            out.setdefault(deployment, {})[name] = int(actor["Pid"])
-    return out
+replicas = replica_pids
 
 
 def summary(answers: list[Answer]) -> str:

@@ -2,6 +2,9 @@
 
     voxgraph transcribe meetings/ --diarize --format srt --concurrency 4
     voxgraph diarize call.wav --format rttm --out rttm/
+    voxgraph transcribe call.wav --speaker "Ada Lovelace" --format diarized_json
+    voxgraph speakers add "Ada Lovelace" ada-1.wav ada-2.wav
+    voxgraph speakers list
     voxgraph health
 
 Each input gets one output, `<name>.<ext>` next to it (or under `--out`, with
@@ -18,9 +21,11 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+import unicodedata
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,17 +53,18 @@ AUDIO_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 FORMATS = {
-    "transcribe": ("json", "txt", "srt", "vtt", "rttm"),
+    "transcribe": ("json", "txt", "srt", "vtt", "rttm", "diarized_json"),
     "diarize": ("json", "rttm"),
 }
-# `diarize --format json` gets its own suffix so that it never collides with (and
-# is never skipped because of) the transcript JSON of the same recording.
+# `diarize --format json` and `diarized_json` get their own suffixes so that they never
+# collide with (and are never skipped because of) the transcript JSON of the recording.
 SUFFIXES = {
     ("transcribe", "json"): ".json",
     ("transcribe", "txt"): ".txt",
     ("transcribe", "srt"): ".srt",
     ("transcribe", "vtt"): ".vtt",
     ("transcribe", "rttm"): ".rttm",
+    ("transcribe", "diarized_json"): ".diarized.json",
     ("diarize", "json"): ".diarize.json",
     ("diarize", "rttm"): ".rttm",
 }
@@ -228,19 +234,32 @@ class Request:
     kwargs: dict[str, Any]
 
 
+def identity_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's speaker-naming options from --identify, --speaker and --reference."""
+    out: dict[str, Any] = {}
+    if getattr(args, "identify", False):
+        out["identify"] = True
+    if getattr(args, "speaker", None):
+        out["known_speaker_names"] = list(args.speaker)
+    if getattr(args, "known_speakers", None):
+        out["known_speakers"] = dict(args.known_speakers)
+    return out
+
+
 def build_request(args: argparse.Namespace) -> Request:
     hints = {
         k: v
         for k in ("num_speakers", "min_speakers", "max_speakers")
         if (v := getattr(args, k, None)) is not None
     }
+    identity = identity_options(args)
     if args.command == "diarize" or args.format == "rttm":
         # RTTM holds speaker turns and nothing else: it comes from the diarize route.
         fmt = "rttm" if args.format == "rttm" else "json"
-        return Request("diarize", {"response_format": fmt, **hints})
-    # Speaker hints only mean something with diarization: asking for them turns it on.
-    diarize = bool(args.diarize or hints)
-    kwargs: dict[str, Any] = {"diarize": diarize, **hints}
+        return Request("diarize", {"response_format": fmt, **hints, **identity})
+    # Speaker hints and names only mean something with diarization: they turn it on.
+    diarize = bool(args.diarize or hints or identity or args.format == "diarized_json")
+    kwargs: dict[str, Any] = {"diarize": diarize, **hints, **identity}
     if args.language:
         kwargs["language"] = args.language
     if args.format == "json":
@@ -445,6 +464,128 @@ def _health(args: argparse.Namespace) -> int:
     return EXIT_OK if body.get("status") == "ready" else EXIT_FAILED
 
 
+# --------------------------------------------------------------------------- speakers
+
+
+def name_key(name: str) -> str:
+    """A name as the library compares names: NFC, trimmed, spaces collapsed, case-folded."""
+    display = re.sub(r" {2,}", " ", unicodedata.normalize("NFC", name).strip())
+    return unicodedata.normalize("NFC", display.casefold())
+
+
+def resolve_speaker(speakers: Sequence[dict[str, Any]], ref: str) -> dict[str, Any]:
+    """The one enrolled speaker whose id is `ref`, or else whose name is `ref`.
+
+    Names are unique in the library (case-insensitively), so a name names at most one
+    speaker; it is refused only when it is one speaker's id and another's name.
+    """
+    by_id = [s for s in speakers if s.get("id") == ref]
+    by_name = [s for s in speakers if name_key(str(s.get("name", ""))) == name_key(ref)]
+    found = {s["id"]: s for s in (*by_id, *by_name)}
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise LookupError(f"no enrolled speaker with the id or name {ref!r}")
+    raise LookupError(
+        f"{ref!r} is the id of {by_id[0]['name']!r} and the name of {by_name[0]['id']}; give the id"
+    )
+
+
+SPEAKER_COLUMNS = ("ID", "NAME", "CLIPS", "SPEECH_S", "MODEL")
+
+
+def speaker_rows(speakers: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per voiceprint (a speaker holds one per embedding model it was enrolled with)."""
+    rows: list[tuple[str, ...]] = []
+    for s in speakers:
+        prints = s.get("voiceprints") or [{}]
+        for vp in prints:
+            seconds = vp.get("speech_seconds")
+            rows.append(
+                (
+                    str(s.get("id", "")),
+                    str(s.get("name", "")),
+                    str(vp.get("clips", "-")),
+                    f"{seconds:.1f}" if isinstance(seconds, int | float) else "-",
+                    str(vp.get("model", "-")),
+                )
+            )
+    return rows
+
+
+def speaker_table(speakers: Sequence[dict[str, Any]]) -> str:
+    """A plain aligned table (no box drawing), so that it greps, cuts and pipes cleanly."""
+    rows = [SPEAKER_COLUMNS, *speaker_rows(speakers)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(SPEAKER_COLUMNS) - 1)]
+    numeric = {2, 3}
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]))
+    return "\n".join(lines) + "\n"
+
+
+def _print_speakers(args: argparse.Namespace, body: Any, table_of: list[dict[str, Any]]) -> None:
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(speaker_table(table_of))
+
+
+def _speakers(args: argparse.Namespace) -> int:
+    action = args.speakers_command
+    missing = [c for c in getattr(args, "clips", []) if not Path(c).is_file()]
+    if missing:
+        print(f"voxgraph: {missing[0]}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with VoxgraphClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            if action == "list":
+                speakers = client.list_speakers()
+                _print_speakers(args, speakers, speakers)
+                if not speakers and not args.json:
+                    print("voxgraph: no speakers enrolled", file=sys.stderr)
+            elif action == "add":
+                speaker = client.enrol_speaker(args.name, [Path(c) for c in args.clips])
+                _print_speakers(args, speaker, [speaker])
+            else:
+                speaker = resolve_speaker(client.list_speakers(), args.speaker)
+                if action == "rm":
+                    body = client.delete_speaker(speaker["id"])
+                    if args.json:
+                        print(json.dumps(body, indent=2))
+                    else:
+                        print(f"deleted {speaker['id']} ({speaker['name']})")
+                else:
+                    clips = [Path(c) for c in args.clips]
+                    updated = client.add_speaker_samples(speaker["id"], clips)
+                    _print_speakers(args, updated, [updated])
+    except (VoxgraphClientError, LookupError) as e:
+        hint = " (is the service running? set --url or VOXGRAPH_URL)"
+        extra = hint if isinstance(e, APIConnectionError) else ""
+        print(f"voxgraph: {e}{extra}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def load_references(pairs: Sequence[tuple[str, Path]]) -> dict[str, bytes]:
+    """`--reference NAME=clip` pairs read once (every file of a batch sends the same clips)."""
+    out: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for name, path in pairs:
+        if name_key(name) in seen:
+            raise ValueError(f"--reference names {name!r} twice")
+        seen.add(name_key(name))
+        try:
+            out[name] = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"--reference {name}={path}: {e.strerror or e}") from e
+    return out
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -453,6 +594,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _reference(text: str) -> tuple[str, Path]:
+    # Names cannot hold '=', paths can: split at the first one.
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError("expected NAME=CLIP, e.g. 'Ada Lovelace=ada.wav'")
+    return name.strip(), Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -517,6 +666,25 @@ def build_parser() -> argparse.ArgumentParser:
     speakers.add_argument("--num-speakers", type=_positive_int, help="exact speaker count")
     speakers.add_argument("--min-speakers", type=_positive_int, help="at least this many")
     speakers.add_argument("--max-speakers", type=_positive_int, help="at most this many")
+    speakers.add_argument(
+        "--identify",
+        action="store_true",
+        help="name speakers from the whole library of enrolled speakers",
+    )
+    speakers.add_argument(
+        "--speaker",
+        action="append",
+        metavar="NAME",
+        help="look for this enrolled speaker (repeatable)",
+    )
+    speakers.add_argument(
+        "--reference",
+        action="append",
+        type=_reference,
+        default=[],
+        metavar="NAME=CLIP",
+        help="name the voice of this clip NAME, for this run only (repeatable)",
+    )
 
     t = commands.add_parser(
         "transcribe",
@@ -524,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="speech to text (optionally with speakers)",
         description="Speech to text. json writes the full result (text, segments, words, "
         "duration); txt, srt and vtt the rendered transcript; rttm the speaker turns. "
-        "Speaker hints imply --diarize.",
+        "diarized_json writes OpenAI's speaker segments as <name>.diarized.json. "
+        "Speaker hints and names imply --diarize.",
     )
     t.add_argument("--diarize", action="store_true", help="label every segment and word")
     t.add_argument("--format", choices=FORMATS["transcribe"], default="json")
@@ -542,6 +711,35 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "health", parents=[connection], help="print the service's readiness (exit 1 if not ready)"
     )
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print the service's JSON")
+    sp = commands.add_parser(
+        "speakers",
+        help="the library of enrolled speakers",
+        description="Enrol, list and erase named speakers. SPEAKER is an id (spk_...) or a "
+        "name (case-insensitive).",
+    )
+    actions = sp.add_subparsers(dest="speakers_command", required=True, metavar="ACTION")
+    add = actions.add_parser(
+        "add",
+        parents=[output, connection],
+        help="enrol NAME from clips of that person speaking alone",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("clips", nargs="+", metavar="CLIP")
+    actions.add_parser(
+        "list", parents=[output, connection], help="table of id, name, clips, speech, model"
+    )
+    rm = actions.add_parser(
+        "rm", parents=[output, connection], help="erase a speaker and its voiceprints"
+    )
+    rm.add_argument("speaker", metavar="SPEAKER", help="id or name")
+    samples = actions.add_parser(
+        "samples", parents=[output, connection], help="add clips to an enrolled speaker"
+    )
+    samples.add_argument("speaker", metavar="SPEAKER", help="id or name")
+    samples.add_argument("clips", nargs="+", metavar="CLIP")
     return parser
 
 
@@ -549,8 +747,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":
         return _health(args)
+    if args.command == "speakers":
+        return _speakers(args)
     if args.min_speakers and args.max_speakers and args.min_speakers > args.max_speakers:
         print("voxgraph: --min-speakers is larger than --max-speakers", file=sys.stderr)
+        return EXIT_USAGE
+    if args.speaker and args.reference:
+        # The service reads names sent with references as theirs, one per clip.
+        print(
+            "voxgraph: --speaker and --reference cannot be combined; "
+            "add --identify to match the library as well as the references",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        args.known_speakers = load_references(args.reference)
+    except ValueError as e:
+        print(f"voxgraph: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return asyncio.run(_run(args))

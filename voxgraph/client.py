@@ -6,6 +6,12 @@ from voxgraph.client import VoxgraphClient
 with VoxgraphClient("http://127.0.0.1:8000") as vg:
     result = vg.transcribe("meeting.wav", diarize=True, response_format="verbose_json")
     turns = vg.diarize("meeting.wav", max_speakers=6)["segments"]
+
+    ada = vg.enrol_speaker("Ada Lovelace", ["ada-1.wav", "ada-2.wav"])
+    named = vg.transcribe(
+        "meeting.wav", response_format="diarized_json", known_speaker_names=["Ada Lovelace"]
+    )
+    vg.delete_speaker(ada["id"])
 ```
 
 `AsyncVoxgraphClient` has the same methods as coroutines. JSON formats come back
@@ -20,6 +26,7 @@ No Ray here: this module is what users install the package for on a laptop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import io
 import mimetypes
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, TypedDict, overload
+from urllib.parse import quote
 
 import httpx
 
@@ -46,15 +54,20 @@ __all__ = [
     "AudioInput",
     "AuthenticationError",
     "BadRequestError",
+    "Clips",
+    "ConflictError",
+    "DiarizeChunkOptions",
     "DiarizeOptions",
     "NotFoundError",
     "PayloadTooLargeError",
     "ServerError",
     "ServiceUnavailableError",
+    "SpeakerOptions",
     "TranscribeOptions",
     "UnsupportedMediaTypeError",
     "VoxgraphClient",
     "VoxgraphClientError",
+    "data_url",
     "env_api_key",
     "env_url",
 ]
@@ -63,14 +76,27 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 # A path, the file's bytes, or an open binary file.
 AudioInput = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+# One clip, or several; each clip is an `AudioInput`.
+Clips = AudioInput | Sequence[AudioInput]
 
 TextTranscriptionFormat = Literal["text", "srt", "vtt"]
-JsonTranscriptionFormat = Literal["json", "verbose_json"]
-TranscriptionFormat = Literal["json", "verbose_json", "text", "srt", "vtt"]
+JsonTranscriptionFormat = Literal["json", "verbose_json", "diarized_json"]
+TranscriptionFormat = Literal["json", "verbose_json", "diarized_json", "text", "srt", "vtt"]
 DiarizationFormat = Literal["json", "rttm"]
 
 
-class TranscribeOptions(TypedDict, total=False):
+class SpeakerOptions(TypedDict, total=False):
+    """Who may be named, on every diarizing route (any of them implies diarization)."""
+
+    identify: bool
+    """Match the speakers against every enrolled speaker of the library."""
+    known_speakers: Mapping[str, AudioInput]
+    """Name -> a short reference clip of that person, for this request only."""
+    known_speaker_names: Sequence[str]
+    """Enrolled speakers to look for, by name (case-insensitive)."""
+
+
+class TranscribeOptions(SpeakerOptions, total=False):
     """Optional form fields of `/v1/audio/transcriptions` (see the README's route table)."""
 
     diarize: bool
@@ -82,11 +108,13 @@ class TranscribeOptions(TypedDict, total=False):
     num_speakers: int
     min_speakers: int
     max_speakers: int
+    chunking_strategy: Literal["auto"] | Mapping[str, Any]
+    """`"auto"`, or `{"type": "server_vad", "silence_duration_ms": 500, ...}`."""
     filename: str
     """Name sent with the upload (defaults to the path's name, or `audio`)."""
 
 
-class DiarizeOptions(TypedDict, total=False):
+class DiarizeOptions(SpeakerOptions, total=False):
     """Optional form fields of `/v1/audio/diarize`."""
 
     num_speakers: int
@@ -94,6 +122,16 @@ class DiarizeOptions(TypedDict, total=False):
     max_speakers: int
     filename: str
     """Name sent with the upload; it labels the RTTM lines."""
+
+
+class DiarizeChunkOptions(SpeakerOptions, total=False):
+    """Optional form fields of `/v1/audio/diarize-chunk`."""
+
+    num_speakers: int
+    min_speakers: int
+    max_speakers: int
+    filename: str
+    """Name sent with the upload."""
 
 
 def env_url() -> str:
@@ -158,7 +196,11 @@ class AuthenticationError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: wrong base URL or route prefix."""
+    """404: no such speaker, or a wrong base URL or route prefix."""
+
+
+class ConflictError(APIError):
+    """409: a speaker with that name (compared case-insensitively) is already enrolled."""
 
 
 class PayloadTooLargeError(APIError):
@@ -182,6 +224,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     401: AuthenticationError,
     403: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,
     422: BadRequestError,
@@ -254,6 +297,10 @@ class _Upload:
         # the server can refuse an oversized upload before reading it).
         return self.path.open("rb") if self.path is not None else io.BytesIO(self.data or b"")
 
+    def read(self) -> bytes:
+        with self.open() as f:
+            return f.read()
+
 
 def _upload(audio: AudioInput, filename: str | None) -> _Upload:
     if isinstance(audio, str | os.PathLike):
@@ -274,6 +321,42 @@ def _content_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
+def _clip_list(clips: Clips) -> list[_Upload]:
+    """Uploads of one clip or a sequence of clips (a lone path is one clip, not its letters)."""
+    single = isinstance(clips, str | os.PathLike | bytes | bytearray | memoryview)
+    items = [clips] if single or hasattr(clips, "read") else list(clips)  # type: ignore[arg-type]
+    if not items:
+        raise ValueError("give at least one clip of the speaker")
+    return [_upload(clip, None) for clip in items]  # type: ignore[arg-type]
+
+
+# Leading bytes of the containers a reference clip is most often in.
+_MAGIC = (
+    (b"RIFF", 8, b"WAVE", "audio/wav"),
+    (b"fLaC", 0, b"", "audio/flac"),
+    (b"OggS", 0, b"", "audio/ogg"),
+    (b"ID3", 0, b"", "audio/mpeg"),
+)
+
+
+def _media_type(upload: _Upload, data: bytes) -> str:
+    for head, at, tail, media in _MAGIC:
+        if data.startswith(head) and data[at : at + len(tail)] == tail:
+            return media
+    # The server takes any audio/ or video/ type, and octet-stream when unsure.
+    guessed = upload.content_type
+    return guessed if guessed.startswith(("audio/", "video/")) else "application/octet-stream"
+
+
+def data_url(clip: AudioInput) -> str:
+    """`data:audio/wav;base64,...`: a clip as `known_speaker_references[]` carries it."""
+    upload = _upload(clip, None)
+    data = upload.read()
+    if not data:
+        raise ValueError("a reference clip is empty")
+    return f"data:{_media_type(upload, data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 def _form(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Form fields as httpx wants them: strings, lists as repeated fields, None left out."""
     out: dict[str, Any] = {}
@@ -291,15 +374,61 @@ def _form(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_options(given: Mapping[str, Any], allowed: type) -> None:
     # **options would otherwise swallow a typo such as `diarise=True` silently.
-    unknown = sorted(set(given) - set(allowed.__annotations__))
+    known = allowed.__required_keys__ | allowed.__optional_keys__  # type: ignore[attr-defined]
+    unknown = sorted(set(given) - known)
     if unknown:
         raise TypeError(f"unexpected option(s) {', '.join(unknown)}")
 
 
-def _transcribe_fields(response_format: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _speaker_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`identify`, `known_speaker_names[]` and `known_speaker_references[]` from the options."""
+    known = options.get("known_speakers")
+    names = options.get("known_speaker_names")
+    if known and names:
+        # With references the service reads the names as theirs, one per clip: enrolled
+        # names cannot ride along. identify=True adds the whole library instead.
+        raise ValueError(
+            "known_speakers and known_speaker_names cannot be combined in one request; "
+            "add identify=True to match the library as well as the references"
+        )
+    fields: dict[str, Any] = {"identify": True if options.get("identify") else None}
+    if known:
+        if not isinstance(known, Mapping):
+            raise TypeError("known_speakers must map each name to a reference clip")
+        fields["known_speaker_names[]"] = [str(n) for n in known]
+        fields["known_speaker_references[]"] = [data_url(clip) for clip in known.values()]
+    elif names:
+        fields["known_speaker_names[]"] = [names] if isinstance(names, str) else list(names)
+    return fields
+
+
+def _hint_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: options.get(k) for k in ("num_speakers", "min_speakers", "max_speakers")}
+
+
+def _chunking_fields(value: Any) -> dict[str, Any]:
+    # Multipart has no objects: OpenAI's client sends one as `chunking_strategy[type]=...`.
+    if value is None or isinstance(value, str):
+        return {"chunking_strategy": value}
+    if isinstance(value, Mapping):
+        return {f"chunking_strategy[{k}]": v for k, v in value.items()}
+    raise TypeError("chunking_strategy must be 'auto' or a mapping such as {'type': 'server_vad'}")
+
+
+@dataclass(frozen=True)
+class _Req:
+    """One HTTP request, built once and sent (perhaps several times) by either client."""
+
+    method: str
+    path: str
+    data: dict[str, Any] | None = None
+    uploads: tuple[_Upload, ...] = ()
+
+
+def _transcribe_req(audio: AudioInput, response_format: str, options: Mapping[str, Any]) -> _Req:
     _check_options(options, TranscribeOptions)
     granularities = options.get("timestamp_granularities")
-    return _form(
+    data = _form(
         {
             "response_format": response_format,
             "model": options.get("model"),
@@ -308,23 +437,59 @@ def _transcribe_fields(response_format: str, options: Mapping[str, Any]) -> dict
             "temperature": options.get("temperature"),
             "timestamp_granularities[]": list(granularities) if granularities else None,
             "diarize": options.get("diarize"),
-            "num_speakers": options.get("num_speakers"),
-            "min_speakers": options.get("min_speakers"),
-            "max_speakers": options.get("max_speakers"),
+            **_hint_fields(options),
+            **_chunking_fields(options.get("chunking_strategy")),
+            **_speaker_fields(options),
         }
     )
+    upload = _upload(audio, options.get("filename"))
+    return _Req("POST", "/v1/audio/transcriptions", data, (upload,))
 
 
-def _diarize_fields(response_format: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _diarize_req(audio: AudioInput, response_format: str, options: Mapping[str, Any]) -> _Req:
     _check_options(options, DiarizeOptions)
-    return _form(
-        {
-            "response_format": response_format,
-            "num_speakers": options.get("num_speakers"),
-            "min_speakers": options.get("min_speakers"),
-            "max_speakers": options.get("max_speakers"),
-        }
+    data = _form(
+        {"response_format": response_format, **_hint_fields(options), **_speaker_fields(options)}
     )
+    return _Req("POST", "/v1/audio/diarize", data, (_upload(audio, options.get("filename")),))
+
+
+def _diarize_chunk_req(audio: AudioInput, options: Mapping[str, Any]) -> _Req:
+    _check_options(options, DiarizeChunkOptions)
+    data = _form({**_hint_fields(options), **_speaker_fields(options)})
+    upload = _upload(audio, options.get("filename"))
+    return _Req("POST", "/v1/audio/diarize-chunk", data, (upload,))
+
+
+def _speaker_path(speaker_id: str, *rest: str) -> str:
+    if not isinstance(speaker_id, str) or not speaker_id.strip():
+        raise ValueError("a speaker id is a non-empty string such as 'spk_...'")
+    # Quoted whole: an id can never step into another route ('../health').
+    return "/".join(("/v1/speakers", quote(speaker_id.strip(), safe=""), *rest))
+
+
+def _enrol_req(name: str, clips: Clips) -> _Req:
+    return _Req("POST", "/v1/speakers", _form({"name": name}), tuple(_clip_list(clips)))
+
+
+def _samples_req(speaker_id: str, clips: Clips) -> _Req:
+    return _Req("POST", _speaker_path(speaker_id, "samples"), None, tuple(_clip_list(clips)))
+
+
+def _json_object(body: dict[str, Any] | str, req: _Req) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise APIError(200, f"{req.method} {req.path} answered with something other than JSON")
+    return body
+
+
+def _listed(body: dict[str, Any] | str, req: _Req) -> list[dict[str, Any]]:
+    return list(_json_object(body, req).get("data") or [])
+
+
+_MODELS = _Req("GET", "/v1/models")
+_INFO = _Req("GET", "/")
+_HEALTH = _Req("GET", "/health")
+_SPEAKERS = _Req("GET", "/v1/speakers")
 
 
 class _Base:
@@ -376,6 +541,53 @@ class _Base:
             return self._wait_s(attempt, _retry_after(response.headers.get("retry-after")))
         return None
 
+    def _after_transport_error(
+        self, req: _Req, e: httpx.TransportError, attempt: int, retry: bool
+    ) -> float:
+        """The wait before trying again, or the client's own error for `e`.
+
+        Only a connection that was never made is safe to repeat: nothing reached the
+        server. A timeout once connected is not retried, since the work may be running.
+        """
+        connect = isinstance(e, httpx.ConnectTimeout | httpx.ConnectError)
+        if connect and retry and attempt < self.max_retries:
+            return self._wait_s(attempt, None)
+        where = f"{req.method} {self.base_url}{req.path}"
+        if isinstance(e, httpx.TimeoutException):
+            raise APITimeoutError(f"{where}: {e or 'timed out'}") from e
+        raise APIConnectionError(f"{where}: {e}") from e
+
+
+def _open_files(req: _Req) -> tuple[list[IO[bytes]], list[tuple[str, Any]] | None]:
+    """Fresh streams of the request's uploads (every attempt resends them whole)."""
+    streams = [u.open() for u in req.uploads]
+    files = [
+        ("file", (u.filename, stream, u.content_type))
+        for u, stream in zip(req.uploads, streams, strict=True)
+    ]
+    return streams, files or None
+
+
+def _close(streams: list[IO[bytes]]) -> None:
+    for stream in streams:
+        stream.close()
+
+
+def _answer(response: httpx.Response) -> dict[str, Any] | str:
+    if response.is_success:
+        return _result(response)
+    raise _error_from(response)
+
+
+def _health_answer(response: httpx.Response) -> dict[str, Any]:
+    # A 503 here is the report of a service that is still loading, not a failure.
+    if response.status_code in (200, 503):
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    raise _error_from(response)
+
 
 # --------------------------------------------------------------------------- sync
 
@@ -426,58 +638,29 @@ class VoxgraphClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        upload: _Upload | None = None,
-        data: dict[str, Any] | None = None,
-        retry: bool = True,
-    ) -> httpx.Response:
+    def _request(self, req: _Req, *, retry: bool = True) -> httpx.Response:
         attempt = 0
         while True:
-            stream = upload.open() if upload else None
+            streams, files = _open_files(req)
             try:
-                files = {"file": (upload.filename, stream, upload.content_type)} if upload else None
-                response = self._http.request(method, path, files=files, data=data)
-            except httpx.TimeoutException as e:
-                if isinstance(e, httpx.ConnectTimeout) and retry and attempt < self.max_retries:
-                    self._sleep(self._wait_s(attempt, None))
-                    attempt += 1
-                    continue
-                raise APITimeoutError(f"{method} {self.base_url}{path}: {e or 'timed out'}") from e
+                response = self._http.request(req.method, req.path, files=files, data=req.data)
             except httpx.TransportError as e:
-                # Only a refused connection is safe to repeat: nothing reached the server.
-                if isinstance(e, httpx.ConnectError) and retry and attempt < self.max_retries:
-                    self._sleep(self._wait_s(attempt, None))
-                    attempt += 1
-                    continue
-                raise APIConnectionError(f"{method} {self.base_url}{path}: {e}") from e
+                wait = self._after_transport_error(req, e, attempt, retry)
+            else:
+                wait = self._should_retry(response, attempt) if retry else None
+                if wait is None:
+                    return response
             finally:
-                if stream is not None:
-                    stream.close()
-            wait = self._should_retry(response, attempt) if retry else None
-            if wait is None:
-                return response
+                _close(streams)
             self._sleep(wait)
             attempt += 1
 
-    def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any] | str:
-        response = self._request(method, path, **kw)
-        if response.is_success:
-            return _result(response)
-        raise _error_from(response)
+    def _call(self, req: _Req) -> dict[str, Any] | str:
+        return _answer(self._request(req))
 
     def health(self) -> dict[str, Any]:
         """The readiness report; `["status"]` is "ready" or "loading" (a 503 is an answer here)."""
-        response = self._request("GET", "/health", retry=False)
-        if response.status_code in (200, 503):
-            try:
-                return response.json()
-            except ValueError:
-                pass
-        raise _error_from(response)
+        return _health_answer(self._request(_HEALTH, retry=False))
 
     def wait_ready(self, timeout_s: float = 600.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll /health until every model is loaded; TimeoutError after `timeout_s`."""
@@ -497,13 +680,11 @@ class VoxgraphClient(_Base):
 
     def models(self) -> list[dict[str, Any]]:
         """The deployed models, OpenAI style: `[{"id", "object", "owned_by", "role"}, ...]`."""
-        body = self._call("GET", "/v1/models")
-        return list(body["data"]) if isinstance(body, dict) else []
+        return _listed(self._call(_MODELS), _MODELS)
 
     def info(self) -> dict[str, Any]:
         """`GET /`: service name, version, models with their devices, routes, limits."""
-        body = self._call("GET", "/")
-        return body if isinstance(body, dict) else {}
+        return _json_object(self._call(_INFO), _INFO)
 
     @overload
     def transcribe(
@@ -528,10 +709,12 @@ class VoxgraphClient(_Base):
         response_format: TranscriptionFormat = "json",
         **options: Unpack[TranscribeOptions],
     ) -> dict[str, Any] | str:
-        """Speech to text; `diarize=True` adds a speaker to every segment and word."""
-        data = _transcribe_fields(response_format, options)
-        upload = _upload(audio, options.get("filename"))
-        return self._call("POST", "/v1/audio/transcriptions", upload=upload, data=data)
+        """Speech to text; `diarize=True` adds a speaker to every segment and word.
+
+        `identify=True`, `known_speaker_names=[...]` or `known_speakers={name: clip}`
+        put names on the speakers they recognise (and imply diarization).
+        """
+        return self._call(_transcribe_req(audio, response_format, options))
 
     @overload
     def diarize(
@@ -557,16 +740,42 @@ class VoxgraphClient(_Base):
         **options: Unpack[DiarizeOptions],
     ) -> dict[str, Any] | str:
         """Who spoke when, speakers consistent across the whole file; `rttm` gives RTTM text."""
-        data = _diarize_fields(response_format, options)
-        upload = _upload(audio, options.get("filename"))
-        return self._call("POST", "/v1/audio/diarize", upload=upload, data=data)
+        return self._call(_diarize_req(audio, response_format, options))
 
-    def diarize_chunk(self, audio: AudioInput, *, filename: str | None = None) -> dict[str, Any]:
+    def diarize_chunk(
+        self, audio: AudioInput, **options: Unpack[DiarizeChunkOptions]
+    ) -> dict[str, Any]:
         """Chunk-local turns plus a 192-float fingerprint per speaker with >= 0.5 s of speech."""
-        body = self._call("POST", "/v1/audio/diarize-chunk", upload=_upload(audio, filename))
-        if not isinstance(body, dict):
-            raise APIError(200, "diarize-chunk answered with something other than JSON")
-        return body
+        req = _diarize_chunk_req(audio, options)
+        return _json_object(self._call(req), req)
+
+    def enrol_speaker(self, name: str, clips: Clips) -> dict[str, Any]:
+        """Enrol `name` from clips of that person speaking alone; the new speaker.
+
+        `ConflictError` when the name is taken (case-insensitively), `BadRequestError`
+        for a bad name or a clip without enough of one voice.
+        """
+        req = _enrol_req(name, clips)
+        return _json_object(self._call(req), req)
+
+    def list_speakers(self) -> list[dict[str, Any]]:
+        """Every enrolled speaker: id, name, voiceprint summaries (never the vectors)."""
+        return _listed(self._call(_SPEAKERS), _SPEAKERS)
+
+    def get_speaker(self, speaker_id: str) -> dict[str, Any]:
+        """One speaker by id; `NotFoundError` for an unknown id."""
+        req = _Req("GET", _speaker_path(speaker_id))
+        return _json_object(self._call(req), req)
+
+    def delete_speaker(self, speaker_id: str) -> dict[str, Any]:
+        """Erase a speaker and its voiceprints: `{"id", "object": "speaker.deleted", ...}`."""
+        req = _Req("DELETE", _speaker_path(speaker_id))
+        return _json_object(self._call(req), req)
+
+    def add_speaker_samples(self, speaker_id: str, clips: Clips) -> dict[str, Any]:
+        """Fold more clips into an enrolled speaker's voiceprint; the updated speaker."""
+        req = _samples_req(speaker_id, clips)
+        return _json_object(self._call(req), req)
 
 
 # --------------------------------------------------------------------------- async
@@ -620,57 +829,31 @@ class AsyncVoxgraphClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        upload: _Upload | None = None,
-        data: dict[str, Any] | None = None,
-        retry: bool = True,
-    ) -> httpx.Response:
+    async def _request(self, req: _Req, *, retry: bool = True) -> httpx.Response:
         attempt = 0
         while True:
-            stream = upload.open() if upload else None
+            streams, files = _open_files(req)
             try:
-                files = {"file": (upload.filename, stream, upload.content_type)} if upload else None
-                response = await self._http.request(method, path, files=files, data=data)
-            except httpx.TimeoutException as e:
-                if isinstance(e, httpx.ConnectTimeout) and retry and attempt < self.max_retries:
-                    await self._sleep(self._wait_s(attempt, None))
-                    attempt += 1
-                    continue
-                raise APITimeoutError(f"{method} {self.base_url}{path}: {e or 'timed out'}") from e
+                response = await self._http.request(
+                    req.method, req.path, files=files, data=req.data
+                )
             except httpx.TransportError as e:
-                if isinstance(e, httpx.ConnectError) and retry and attempt < self.max_retries:
-                    await self._sleep(self._wait_s(attempt, None))
-                    attempt += 1
-                    continue
-                raise APIConnectionError(f"{method} {self.base_url}{path}: {e}") from e
+                wait = self._after_transport_error(req, e, attempt, retry)
+            else:
+                wait = self._should_retry(response, attempt) if retry else None
+                if wait is None:
+                    return response
             finally:
-                if stream is not None:
-                    stream.close()
-            wait = self._should_retry(response, attempt) if retry else None
-            if wait is None:
-                return response
+                _close(streams)
             await self._sleep(wait)
             attempt += 1
 
-    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any] | str:
-        response = await self._request(method, path, **kw)
-        if response.is_success:
-            return _result(response)
-        raise _error_from(response)
+    async def _call(self, req: _Req) -> dict[str, Any] | str:
+        return _answer(await self._request(req))
 
     async def health(self) -> dict[str, Any]:
         """The readiness report; `["status"]` is "ready" or "loading" (a 503 is an answer here)."""
-        response = await self._request("GET", "/health", retry=False)
-        if response.status_code in (200, 503):
-            try:
-                return response.json()
-            except ValueError:
-                pass
-        raise _error_from(response)
+        return _health_answer(await self._request(_HEALTH, retry=False))
 
     async def wait_ready(self, timeout_s: float = 600.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll /health until every model is loaded; TimeoutError after `timeout_s`."""
@@ -690,13 +873,11 @@ class AsyncVoxgraphClient(_Base):
 
     async def models(self) -> list[dict[str, Any]]:
         """The deployed models, OpenAI style: `[{"id", "object", "owned_by", "role"}, ...]`."""
-        body = await self._call("GET", "/v1/models")
-        return list(body["data"]) if isinstance(body, dict) else []
+        return _listed(await self._call(_MODELS), _MODELS)
 
     async def info(self) -> dict[str, Any]:
         """`GET /`: service name, version, models with their devices, routes, limits."""
-        body = await self._call("GET", "/")
-        return body if isinstance(body, dict) else {}
+        return _json_object(await self._call(_INFO), _INFO)
 
     @overload
     async def transcribe(
@@ -721,10 +902,12 @@ class AsyncVoxgraphClient(_Base):
         response_format: TranscriptionFormat = "json",
         **options: Unpack[TranscribeOptions],
     ) -> dict[str, Any] | str:
-        """Speech to text; `diarize=True` adds a speaker to every segment and word."""
-        data = _transcribe_fields(response_format, options)
-        upload = _upload(audio, options.get("filename"))
-        return await self._call("POST", "/v1/audio/transcriptions", upload=upload, data=data)
+        """Speech to text; `diarize=True` adds a speaker to every segment and word.
+
+        `identify=True`, `known_speaker_names=[...]` or `known_speakers={name: clip}`
+        put names on the speakers they recognise (and imply diarization).
+        """
+        return await self._call(_transcribe_req(audio, response_format, options))
 
     @overload
     async def diarize(
@@ -750,15 +933,39 @@ class AsyncVoxgraphClient(_Base):
         **options: Unpack[DiarizeOptions],
     ) -> dict[str, Any] | str:
         """Who spoke when, speakers consistent across the whole file; `rttm` gives RTTM text."""
-        data = _diarize_fields(response_format, options)
-        upload = _upload(audio, options.get("filename"))
-        return await self._call("POST", "/v1/audio/diarize", upload=upload, data=data)
+        return await self._call(_diarize_req(audio, response_format, options))
 
     async def diarize_chunk(
-        self, audio: AudioInput, *, filename: str | None = None
+        self, audio: AudioInput, **options: Unpack[DiarizeChunkOptions]
     ) -> dict[str, Any]:
         """Chunk-local turns plus a 192-float fingerprint per speaker with >= 0.5 s of speech."""
-        body = await self._call("POST", "/v1/audio/diarize-chunk", upload=_upload(audio, filename))
-        if not isinstance(body, dict):
-            raise APIError(200, "diarize-chunk answered with something other than JSON")
-        return body
+        req = _diarize_chunk_req(audio, options)
+        return _json_object(await self._call(req), req)
+
+    async def enrol_speaker(self, name: str, clips: Clips) -> dict[str, Any]:
+        """Enrol `name` from clips of that person speaking alone; the new speaker.
+
+        `ConflictError` when the name is taken (case-insensitively), `BadRequestError`
+        for a bad name or a clip without enough of one voice.
+        """
+        req = _enrol_req(name, clips)
+        return _json_object(await self._call(req), req)
+
+    async def list_speakers(self) -> list[dict[str, Any]]:
+        """Every enrolled speaker: id, name, voiceprint summaries (never the vectors)."""
+        return _listed(await self._call(_SPEAKERS), _SPEAKERS)
+
+    async def get_speaker(self, speaker_id: str) -> dict[str, Any]:
+        """One speaker by id; `NotFoundError` for an unknown id."""
+        req = _Req("GET", _speaker_path(speaker_id))
+        return _json_object(await self._call(req), req)
+
+    async def delete_speaker(self, speaker_id: str) -> dict[str, Any]:
+        """Erase a speaker and its voiceprints: `{"id", "object": "speaker.deleted", ...}`."""
+        req = _Req("DELETE", _speaker_path(speaker_id))
+        return _json_object(await self._call(req), req)
+
+    async def add_speaker_samples(self, speaker_id: str, clips: Clips) -> dict[str, Any]:
+        """Fold more clips into an enrolled speaker's voiceprint; the updated speaker."""
+        req = _samples_req(speaker_id, clips)
+        return _json_object(await self._call(req), req)

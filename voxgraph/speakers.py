@@ -45,15 +45,21 @@ class SpeakerLibrary:
         self, name: str, model: str, prints: Sequence[np.ndarray], speech_s: Sequence[float]
     ) -> Speaker:
         store = await self.store()
-        return await asyncio.to_thread(store.create, name, model, list(prints), list(speech_s))
+        try:
+            return await asyncio.to_thread(store.create, name, model, list(prints), list(speech_s))
+        finally:
+            self._forget()
 
     async def add_samples(
         self, speaker_id: str, model: str, prints: Sequence[np.ndarray], speech_s: Sequence[float]
     ) -> Speaker:
         store = await self.store()
-        return await asyncio.to_thread(
-            store.add_samples, speaker_id, model, list(prints), list(speech_s)
-        )
+        try:
+            return await asyncio.to_thread(
+                store.add_samples, speaker_id, model, list(prints), list(speech_s)
+            )
+        finally:
+            self._forget()
 
     async def get(self, speaker_id: str) -> Speaker:
         store = await self.store()
@@ -68,7 +74,11 @@ class SpeakerLibrary:
 
     async def delete(self, speaker_id: str) -> None:
         store = await self.store()
-        if not await asyncio.to_thread(store.delete, speaker_id):
+        try:
+            deleted = await asyncio.to_thread(store.delete, speaker_id)
+        finally:
+            self._forget()
+        if not deleted:
             raise SpeakerNotFound(f"no enrolled speaker with id {speaker_id!r}")
 
     async def candidates(self, model: str, names: Sequence[str] | None = None) -> list[Candidate]:
@@ -101,6 +111,10 @@ class SpeakerLibrary:
                 other = s.voiceprints[0].model if s.voiceprints else "none"
                 out.append(Candidate(s.id, s.name, other, np.zeros(1), "library"))
         return out
+
+    def _forget(self) -> None:
+        # This replica's own write is seen by its next request; others within refresh_s.
+        self._cache, self._version, self._checked = {}, None, 0.0
 
     async def _refresh(self, store: SpeakerStore) -> None:
         now = time.monotonic()
