@@ -78,6 +78,8 @@ def test_readme_lists_exactly_the_keys_that_exist():
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
@@ -133,6 +135,8 @@ def _candidate(field: str, default: Any) -> tuple[str, Any]:
         return "other.nemo", "other.nemo"
     if field == "precision":
         return "fp16", "fp16"
+    if field == "speakers_db":
+        return "sqlite:////srv/voxgraph/speakers.db", "sqlite:////srv/voxgraph/speakers.db"
     if isinstance(default, bool):
         return "true", not default
     if isinstance(default, int):
@@ -156,7 +160,7 @@ def _read(key: str, role: str) -> Any:
         value = getattr(graph.VoxgraphArgs(), key)
     if isinstance(value, list):
         return [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
-    return value
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def test_every_listed_environment_variable_takes_effect(monkeypatch):
