@@ -144,18 +144,21 @@ async def read_clips(files: list[UploadFile]) -> list[bytes]:
     return clips
 
 
-async def read_upload(form: BaseModel) -> tuple[bytes, str, dict[str, Any]]:
-    """(file bytes, file stem, options as sent) from a parsed upload form."""
+async def read_upload(form: BaseModel) -> tuple[StarletteUploadFile, str, dict[str, Any]]:
+    """(the upload, file stem, options as sent) from a parsed upload form.
+
+    The upload stays on starlette's spool: the walk reads its head, reserves the
+    in-flight audio budget, and only then reads the whole file into memory.
+    """
     file = getattr(form, "file", None)
     # FastAPI hands over starlette's UploadFile (its own class is a subclass).
     if not isinstance(file, StarletteUploadFile):
         raise BadRequest("no audio file: send it as the multipart form field 'file'")
-    data = await file.read()
-    if not data:
+    if file.size == 0:
         raise BadRequest("the uploaded file is empty")
     # The name only labels RTTM lines; it never reaches a filesystem path.
     stem = PurePath(file.filename or "audio").stem or "audio"
-    return data, stem, form.model_dump(exclude={"file"}, exclude_unset=True)
+    return file, stem, form.model_dump(exclude={"file"}, exclude_unset=True)
 
 
 def render(result: dict[str, Any] | str, fmt: str) -> Response:

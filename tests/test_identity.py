@@ -11,7 +11,6 @@ import pytest
 from bench.identity import DOCUMENTED, MODEL, Counts, World, enrol, noise_scale, record
 from voxgraph.identity import (
     DEFAULT_MARGIN,
-    DEFAULT_THRESHOLD,
     Candidate,
     Identity,
     Skipped,
@@ -202,7 +201,10 @@ def test_voiceprints_of_another_model_are_skipped_with_the_reason() -> None:
     assert result.assignments == {}
     assert result.skipped == (
         Skipped(
-            "e1", "Eve", "other_model", f"fingerprinted by 'ecapa_tdnn', this recording by {MODEL!r}"
+            "e1",
+            "Eve",
+            "other_model",
+            f"fingerprinted by 'ecapa_tdnn', this recording by {MODEL!r}",
         ),
     )
     assert result.best["S"] == Identity("S", "x", "Xavier", 0.0, "library")
@@ -326,7 +328,9 @@ def test_voiceprints_feed_identify() -> None:
 # --- the calibrated default on the benchmark's simulation ---------------------------------------
 
 
-def test_no_stranger_named_at_the_default_threshold_and_documented_separation() -> None:
+def test_no_stranger_named_with_the_defaults_at_the_documented_separation() -> None:
+    # 1,000 enrolled, separation 0.7, identify's default threshold and margin; a seed of
+    # its own, not one of the benchmark's.
     rng = np.random.default_rng(2024)
     sigma = noise_scale(DOCUMENTED)
     world = World.make(rng)
@@ -336,9 +340,8 @@ def test_no_stranger_named_at_the_default_threshold_and_documented_separation() 
         rec = record(world, library, sigma, rng)
         result = identify(rec.voiceprints, library.candidates, MODEL)
         counts.add({s: i.name for s, i in result.assignments.items()}, rec.truth)
-    assert (counts.strangers, counts.enrolled) == (2070, 2098)
+    assert (counts.strangers, counts.enrolled) == (2124, 2097)
     assert counts.false_accepts == 0
     assert counts.wrong_names == 0
-    # Most enrolled speakers are named (the benchmark's figure is a few per cent rejected).
+    # The price: some enrolled speakers stay anonymous (the benchmark measures 6.7 % here).
     assert counts.false_rejects <= 0.08 * counts.enrolled
-    assert DEFAULT_THRESHOLD > 0.0

@@ -280,3 +280,42 @@ def test_a_clip_with_two_voices_is_refused(tmp_path):
     with pytest.raises(BadRequest, match="speech"):
         asyncio.run(svc.enrol_speaker("Dan", [_voice(0.1, 0.5)]))
     assert asyncio.run(svc.list_speakers())["data"] == []
+
+
+class SpooledUpload:
+    """An upload still on the HTTP layer's spool; counts what the walk reads of it."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos, self.size, self.read_bytes = data, 0, len(data), 0
+
+    async def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        out = self._data[self._pos : end]
+        self._pos += len(out)
+        self.read_bytes += len(out)
+        return out
+
+    async def seek(self, offset: int) -> None:
+        self._pos = offset
+
+
+def test_a_refused_upload_is_never_read_past_its_head():
+    fake = FakeBackends()
+    fake.gate = asyncio.Event()
+    pipe = Pipeline(fake, Settings.load({"max_inflight_audio_s": 90}))
+    first, second = SpooledUpload(_meeting()), SpooledUpload(_meeting())
+
+    async def scenario() -> None:
+        task = asyncio.create_task(pipe.transcribe(first, TranscribeOptions()))
+        while fake.calls["asr"] == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ServiceUnavailable, match="busy"):
+            await pipe.transcribe(second, TranscribeOptions())
+        fake.gate.set()
+        out = await task
+        assert out.transcript.duration == 60.0
+
+    asyncio.run(scenario())
+    assert first.read_bytes == 64 * 1024 + first.size  # the head, then the whole file once
+    assert second.read_bytes == 64 * 1024  # refused from its header alone
+    assert pipe.budget.in_use_s == 0

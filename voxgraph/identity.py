@@ -29,8 +29,9 @@ brings with names. `identify` names a speaker only when all of these hold:
 A stranger is therefore never named because it was the best of bad matches:
 below the threshold no pair is eligible, whatever the assignment prefers.
 
-`DEFAULT_THRESHOLD` comes from `bench/identity.py` (numbers in its docstring
-and in bench/RESULTS.md, "Identification: names from voiceprints").
+`DEFAULT_THRESHOLD` and `DEFAULT_MARGIN` come from `bench/identity.py` and are
+calibrated as a pair: a caller that turns the margin off should raise the
+threshold (0.53 on the same simulation) rather than keep 0.46.
 """
 
 from __future__ import annotations
@@ -43,19 +44,22 @@ from typing import Generic, Literal, TypeVar
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# Calibrated by bench/identity.py on simulated 192-dimensional voiceprints
-# (TitaNet-large's size): persons share a common direction so that two people's
-# voiceprints have cosine 0.3 x separation on average, as speaker embeddings do;
-# separation = mean cosine of two voiceprints of one person. At separation 0.7
-# (TitaNet-large's usual same-speaker cosine) and 1,000 enrolled speakers:
-# 0.45 is the lowest threshold (in steps of 0.05) at which the strangers'
-# false-accept bound, P(best score >= threshold), stays <= 0.1 % (measured
-# 0.014 % over 200,000 strangers); identify then falsely accepts 0 of 14,923
-# strangers, falsely rejects 0.09 % of enrolled speakers and names 99.91 % of
-# them right. It holds from 1 to 1,000 enrolled; below separation 0.6 the
-# enrolled start to be rejected (6 % at 0.5), never wrongly named.
-DEFAULT_THRESHOLD = 0.45
-DEFAULT_MARGIN = 0.05
+# Calibrated together by bench/identity.py (figures in bench/RESULTS.md,
+# "Identification: names from voiceprints") on simulated 192-dimensional
+# voiceprints, TitaNet-large's size. Two voiceprints of one person have mean
+# cosine 0.7 there (TitaNet-large's usual same-speaker cosine; sd 0.09), of two
+# people 0.21 (sd 0.07). Rule: per margin (none, 0.05, 0.1, 0.15, 0.2), the lowest
+# threshold (0.44-0.58 by 0.01) that names at most one stranger in 10,000 with
+# 1, 10, 100 and 1,000 enrolled alike; of those pairs, the one that leaves the
+# fewest enrolled speakers anonymous. With 0.46 and 0.15, over 5,000 recordings
+# of 4-8 speakers per library size: strangers named 0 of 25,041 / 1 of 15,102 /
+# 0 of 15,023 / 1 of 15,061; enrolled left anonymous 0.3 / 2.3 / 2.7 / 6.7 %;
+# enrolled named as someone else: none. The two belong together: the threshold
+# alone would have to be 0.53 for the same strangers' rate (5.5 % anonymous
+# instead of 3.5 %), and at 0.46 with no margin 4.5 % of the strangers would be
+# named when 1,000 voices are enrolled.
+DEFAULT_THRESHOLD = 0.46
+DEFAULT_MARGIN = 0.15
 
 Source = Literal["library", "reference"]
 SkipReason = Literal["other_model", "dimension", "invalid_vector"]

@@ -62,6 +62,9 @@ T = TypeVar("T")
 Role = Literal["asr", "diarizer", "embedder"]
 ROLES: tuple[Role, ...] = ("asr", "diarizer", "embedder")
 
+# A header, Xing frame or STREAMINFO block sits in the first bytes of a file.
+_PROBE_BYTES = 64 * 1024
+
 # An upload that declares no duration is reserved as if it held this few bytes per
 # second (8 kbit/s, below any usable speech codec) until decoding tells the truth.
 _MIN_BYTES_PER_S = 1000.0
@@ -90,6 +93,16 @@ class Backends(Protocol):
         ...
 
 
+class Upload(Protocol):
+    """An uploaded file not yet read into memory (starlette's UploadFile is one)."""
+
+    size: int | None
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+    async def seek(self, offset: int) -> None: ...
+
+
 class Library(Protocol):
     """Enrolled voices (voxgraph.speakers.SpeakerLibrary)."""
 
@@ -114,7 +127,9 @@ class Pipeline:
 
     # ------------------------------------------------------------ operations
 
-    async def transcribe(self, audio: bytes, opts: TranscribeOptions) -> TranscriptionOutput:
+    async def transcribe(
+        self, audio: bytes | Upload, opts: TranscribeOptions
+    ) -> TranscriptionOutput:
         """What was said; with `opts.diarize`, who said each word and segment."""
         hints = _hints(opts)
         asr = await self.backends.info("asr")
@@ -142,7 +157,7 @@ class Pipeline:
             identification=naming.report,
         )
 
-    async def diarize(self, audio: bytes, opts: DiarizeOptions) -> DiarizationOutput:
+    async def diarize(self, audio: bytes | Upload, opts: DiarizeOptions) -> DiarizationOutput:
         """Who spoke when, with speakers consistent across the whole recording."""
         hints = _hints(opts)
         known = await self._known(opts)
@@ -160,7 +175,7 @@ class Pipeline:
         )
 
     async def diarize_chunk(
-        self, audio: bytes, opts: DiarizeChunkOptions | None = None
+        self, audio: bytes | Upload, opts: DiarizeChunkOptions | None = None
     ) -> DiarizationOutput:
         """Chunk-local speakers with confidence and one fingerprint per speaker."""
         known = await self._known(opts) if opts is not None else None
@@ -215,7 +230,7 @@ class Pipeline:
     # ------------------------------------------------------------ the walk
 
     @asynccontextmanager
-    async def _admitted(self, audio: bytes) -> AsyncIterator[np.ndarray]:
+    async def _admitted(self, audio: bytes | Upload) -> AsyncIterator[np.ndarray]:
         """Reserve the in-flight audio budget, then decode; release when the request ends.
 
         The reservation comes before decoding, from the duration the file declares
@@ -223,16 +238,26 @@ class Pipeline:
         their samples exist; it is corrected to the real length once decoded.
         """
         s = self.settings
-        if not isinstance(audio, bytes | bytearray | memoryview):
+        if isinstance(audio, bytes | bytearray | memoryview):
+            data: bytes | None = bytes(audio)
+            head, size = data, len(data)
+        elif callable(getattr(audio, "read", None)) and callable(getattr(audio, "seek", None)):
+            # An upload still on the HTTP layer's spool: only its head is read before
+            # admission, so refused uploads never sit in this process's memory.
+            data, head = None, await audio.read(_PROBE_BYTES)
+            await audio.seek(0)
+            size = audio.size if audio.size is not None else len(head)
+        else:
             raise BadRequest("audio must be the file's bytes")
-        if not audio:
+        if not size or not head:
             raise BadRequest("the uploaded file is empty")
-        if len(audio) > s.max_upload_mb * 1024 * 1024:
+        if size > s.max_upload_mb * 1024 * 1024:
             raise PayloadTooLarge(f"upload is over the {s.max_upload_mb:g} MB limit")
-        data = bytes(audio)
-        declared = probe_duration(data)
-        estimate = declared if declared is not None else len(data) / _MIN_BYTES_PER_S
+        declared = probe_duration(head)
+        estimate = declared if declared is not None else size / _MIN_BYTES_PER_S
         with self.budget.reserve(min(estimate, s.max_audio_s)) as reservation:
+            if data is None:
+                data = await audio.read()  # type: ignore[union-attr]
             # Decoding is CPU work (FFmpeg, resampling): keep the event loop free.
             samples = await asyncio.to_thread(decode_audio, data, max_duration_s=s.max_audio_s)
             del data

@@ -17,7 +17,7 @@ import numpy as np
 
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
-from voxgraph.pipeline import ROLES, Backends, Pipeline
+from voxgraph.pipeline import ROLES, Backends, Pipeline, Upload
 from voxgraph.schemas import (
     DiarizeChunkOptions,
     DiarizeOptions,
@@ -117,7 +117,7 @@ class VoxgraphService:
         self.observer: Observer = observer or _Silent()
 
     @observed("/v1/audio/transcriptions")
-    async def transcribe(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
+    async def transcribe(self, audio: bytes | Upload, **options: Any) -> dict[str, Any] | str:
         """Transcribe (and with diarize=True, attribute speakers)."""
         opts = parse_options(TranscribeOptions, options)
         out = await self.pipeline.transcribe(audio, opts)
@@ -125,7 +125,7 @@ class VoxgraphService:
         return out.render(opts.response_format)
 
     @observed("/v1/audio/translations")
-    async def translate(self, audio: bytes, **options: Any) -> dict[str, Any] | str:
+    async def translate(self, audio: bytes | Upload, **options: Any) -> dict[str, Any] | str:
         """Translation to English where the ASR model can; a clear 400 where it cannot."""
         parse_options(TranslateOptions, options)
         asr = await self.backends.info("asr")
@@ -138,7 +138,7 @@ class VoxgraphService:
 
     @observed("/v1/audio/diarize")
     async def diarize(
-        self, audio: bytes, file_id: str = "audio", **options: Any
+        self, audio: bytes | Upload, file_id: str = "audio", **options: Any
     ) -> dict[str, Any] | str:
         """Who spoke when, with speakers consistent across the whole recording."""
         opts = parse_options(DiarizeOptions, options)
@@ -147,7 +147,7 @@ class VoxgraphService:
         return out.render(opts.response_format, str(file_id))
 
     @observed("/v1/audio/diarize-chunk")
-    async def diarize_chunk(self, audio: bytes, **options: Any) -> dict[str, Any]:
+    async def diarize_chunk(self, audio: bytes | Upload, **options: Any) -> dict[str, Any]:
         """Chunk-local speakers with confidence and one fingerprint per speaker."""
         opts = parse_options(DiarizeChunkOptions, options)
         out = await self.pipeline.diarize_chunk(audio, opts)
