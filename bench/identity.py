@@ -469,6 +469,8 @@ def main() -> None:
     print(table(headers, rows))
     print(f"\nChosen margin {margin}: every threshold of the calibration")
     print(table(headers, [row(margin, t) for t in CAL_THRESHOLDS]))
+    print(f"\nThe chosen threshold {threshold:.2f} with no margin:")
+    print(table(headers, [row(None, threshold)]))
     print(
         f"\nChosen: margin {margin}, threshold {threshold:.2f} (of the pairs above, the one "
         "that rejects the fewest enrolled speakers). voxgraph.identity: DEFAULT_MARGIN = "

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from voxgraph.errors import BadRequest
-from voxgraph.linking import SpeakerHints, global_fingerprints, link_speakers, stitch
+from voxgraph.identity import speaker_voiceprints
+from voxgraph.linking import SpeakerHints, link_speakers, stitch
+from voxgraph.turns import speech_seconds
 from voxgraph.types import Diarization, Turn
 from voxgraph.windows import plan_windows
 
@@ -274,10 +276,10 @@ def test_stitch_does_not_mutate_inputs() -> None:
         np.testing.assert_array_equal(d.probs, b)
 
 
-def test_global_fingerprints_are_normalised_means() -> None:
+def test_global_voiceprints_are_normalised_means_of_linked_fingerprints() -> None:
     prints = [{0: unit(2.0), 1: unit(0.0, 3.0)}, {0: unit(0.0, 1.0)}, {0: unit(1.0, 1.0)}]
     mappings = [{0: 0, 1: 1}, {0: 1}, {0: 0}]
-    out = global_fingerprints(prints, mappings)
+    out = speaker_voiceprints(prints, mappings)
     assert sorted(out) == [0, 1]
     a = unit(1.0) + unit(1.0, 1.0) / math.sqrt(2)
     np.testing.assert_allclose(out[0], a / np.linalg.norm(a), atol=1e-12)
@@ -288,6 +290,6 @@ def test_global_fingerprints_are_normalised_means() -> None:
         diar([(0, 1, 0)], np.zeros((10, 1))),
         diar([(0, 3, 0)], np.zeros((10, 1))),
     ]
-    weighted = global_fingerprints(prints, mappings, diars)
+    weighted = speaker_voiceprints(prints, mappings, [speech_seconds(d.turns) for d in diars])
     b = unit(1.0) + 3 * unit(1.0, 1.0) / math.sqrt(2)
     np.testing.assert_allclose(weighted[0], b / np.linalg.norm(b), atol=1e-12)

@@ -245,7 +245,7 @@ def test_enrolled_and_referenced_voices_name_speakers_one_to_one(tmp_path):
         ("Alice", 1.0),
         ("Speaker_1", None),  # a stranger keeps an anonymous label
     ]
-    assert body["identification"] == {"threshold": 0.45, "candidates": 1, "skipped": []}
+    assert body["identification"] == {"threshold": 0.46, "candidates": 1, "skipped": []}
 
     ref = "data:audio/wav;base64," + base64.b64encode(_voice(0.2, 3)).decode()
     text = asyncio.run(

@@ -312,40 +312,6 @@ def link_speakers(
     return mappings
 
 
-def global_fingerprints(
-    fingerprints: Sequence[dict[int, np.ndarray]],
-    mappings: Sequence[dict[int, int]],
-    diarizations: Sequence[Diarization] | None = None,
-) -> dict[int, np.ndarray]:
-    """Global speaker -> L2-normalised mean of its windows' normalised fingerprints.
-
-    With `diarizations`, each window's fingerprint is weighted by that local
-    speaker's speech seconds there (a long stretch is a better sample of the
-    voice than a short one). Speakers with no fingerprint are absent.
-    """
-    sums: dict[int, np.ndarray] = {}
-    for w, (prints, mapping) in enumerate(zip(fingerprints, mappings, strict=True)):
-        speech: dict[int, float] = {}
-        if diarizations is not None:
-            for t in diarizations[w].turns:
-                speech[int(t.speaker)] = speech.get(int(t.speaker), 0.0) + t.duration
-        for k, raw in prints.items():
-            if k not in mapping:
-                continue
-            fp = _normalise(raw)
-            if fp is None:
-                continue
-            g = mapping[k]
-            wgt = speech.get(k, 0.0) if diarizations is not None else 1.0
-            sums[g] = sums.get(g, np.zeros_like(fp)) + wgt * fp
-    out: dict[int, np.ndarray] = {}
-    for g in sorted(sums):
-        fp = _normalise(sums[g])
-        if fp is not None:
-            out[g] = fp
-    return out
-
-
 def _merge_touching(turns: list[Turn]) -> list[Turn]:
     by_speaker: dict[int | str, list[Turn]] = {}
     for t in sorted(turns, key=lambda t: (t.start, t.end)):

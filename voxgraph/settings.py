@@ -17,6 +17,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from voxgraph.identity import DEFAULT_THRESHOLD
+
 ENV_PREFIX = "VOXGRAPH_"
 
 
@@ -113,7 +115,7 @@ class Settings(BaseSettings):
     """Speaker library database URL (`sqlite:///path`, `postgresql://...`); unset: a SQLite
     file under the user's data directory. Secret: a PostgreSQL URL may hold a password."""
     identify_threshold: float = Field(
-        0.45, ge=-1, le=1, validation_alias=_env("identify_threshold")
+        DEFAULT_THRESHOLD, ge=-1, le=1, validation_alias=_env("identify_threshold")
     )
     """Cosine a speaker's voiceprint needs to a known voice to be named (bench/identity.py)."""
     min_reference_speech_s: float = Field(
