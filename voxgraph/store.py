@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sqlite3
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -427,6 +428,28 @@ def database_url(url: str | None) -> URL:
     )
 
 
+def _wal(cursor: Any) -> None:
+    """Put the file in WAL mode, waiting out another connection that holds it.
+
+    WAL is a property of the file, so only the first connection ever changes it; that
+    change needs the file to itself and SQLite does not apply the busy timeout to it,
+    so two processes opening a new library at once must retry here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     path = url.database
     if not path or path == ":memory:":
@@ -449,7 +472,7 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _wal(cursor)
             # FULL: a commit is on disk before it returns, power loss included.
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
