@@ -24,13 +24,15 @@ import pytest
 import sqlalchemy as sa
 
 from tests.pg import PostgresServer
-from voxgraph.store import (
-    SCHEMA_VERSION,
+from voxgraph.errors import (
     InvalidSpeakerName,
     InvalidVoiceprint,
-    SchemaTooNew,
     SpeakerNameTaken,
     SpeakerNotFound,
+)
+from voxgraph.store import (
+    SCHEMA_VERSION,
+    SchemaTooNew,
     SpeakerStore,
     database_url,
     migrate,

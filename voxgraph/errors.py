@@ -86,3 +86,23 @@ class ModelLoading(ServiceUnavailable):
 
 class ModelFailed(ServiceUnavailable):
     code = "model_failed"
+
+
+class InvalidSpeakerName(BadRequest, ValueError):
+    code = "invalid_speaker_name"
+
+
+class InvalidVoiceprint(BadRequest, ValueError):
+    """Clip embeddings or speech durations that cannot make a voiceprint."""
+
+    code = "invalid_voiceprint"
+
+
+class SpeakerNameTaken(VoxgraphError):
+    status = 409
+    code = "speaker_name_taken"
+
+
+class SpeakerNotFound(VoxgraphError):
+    status = 404
+    code = "speaker_not_found"

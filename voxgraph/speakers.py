@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from voxgraph.errors import BadRequest
+from voxgraph.errors import BadRequest, SpeakerNotFound
 from voxgraph.identity import Candidate, VoiceprintStats
 from voxgraph.store import Candidate as Enrolled
-from voxgraph.store import Speaker, SpeakerNotFound, SpeakerStore
+from voxgraph.store import Speaker, SpeakerStore
 
 
 class SpeakerLibrary:

@@ -69,7 +69,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from voxgraph.errors import BadRequest, VoxgraphError
+from voxgraph.errors import (
+    InvalidSpeakerName,
+    InvalidVoiceprint,
+    SpeakerNameTaken,
+    SpeakerNotFound,
+)
 
 NAME_MAX_CHARS = 64
 MODEL_MAX_CHARS = 200
@@ -83,26 +88,6 @@ _MIGRATION_LOCK_KEY = 0x766F_7867_7370_6B01  # "voxgspk" + 1
 _NAME_PUNCTUATION = frozenset(" ._'-")
 _RESERVED_NAME = re.compile(r"speaker_\d+")
 _ID_PATTERN = re.compile(r"spk_[A-Za-z0-9_-]{16}")
-
-
-class InvalidSpeakerName(BadRequest, ValueError):
-    code = "invalid_speaker_name"
-
-
-class InvalidVoiceprint(BadRequest, ValueError):
-    """Clip embeddings or speech durations that cannot make a voiceprint."""
-
-    code = "invalid_voiceprint"
-
-
-class SpeakerNameTaken(VoxgraphError):
-    status = 409
-    code = "speaker_name_taken"
-
-
-class SpeakerNotFound(VoxgraphError):
-    status = 404
-    code = "speaker_not_found"
 
 
 class SchemaTooNew(RuntimeError):
@@ -699,14 +684,7 @@ class SpeakerStore:
                         id=speaker_id, name=display, name_key=key, created_at=now, updated_at=now
                     )
                 )
-                conn.execute(
-                    insert(voiceprints).values(
-                        speaker_id=speaker_id,
-                        model=model,
-                        created_at=now,
-                        **_voiceprint_values(acc, now),
-                    )
-                )
+                _insert_voiceprint(conn, speaker_id, model, acc, now)
                 speaker = self._get(conn, speaker_id)
         except IntegrityError as exc:
             # Only the unique name can clash: the write lock makes the check above
@@ -743,14 +721,7 @@ class SpeakerStore:
             ).first()
             if row is None:
                 acc = _Accumulator.empty(units.shape[1]).add(units, seconds)
-                conn.execute(
-                    insert(voiceprints).values(
-                        speaker_id=speaker_id,
-                        model=model,
-                        created_at=now,
-                        **_voiceprint_values(acc, now),
-                    )
-                )
+                _insert_voiceprint(conn, speaker_id, model, acc, now)
             else:
                 if row.dim != units.shape[1]:
                     raise InvalidVoiceprint(
@@ -865,6 +836,16 @@ class SpeakerStore:
 
 def _looks_like_id(speaker_id: object) -> bool:
     return isinstance(speaker_id, str) and _ID_PATTERN.fullmatch(speaker_id) is not None
+
+
+def _insert_voiceprint(
+    conn: Connection, speaker_id: str, model: str, acc: _Accumulator, now: float
+) -> None:
+    conn.execute(
+        insert(voiceprints).values(
+            speaker_id=speaker_id, model=model, created_at=now, **_voiceprint_values(acc, now)
+        )
+    )
 
 
 def _voiceprint_values(acc: _Accumulator, now: float) -> dict[str, Any]:
