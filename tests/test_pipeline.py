@@ -319,3 +319,21 @@ def test_a_refused_upload_is_never_read_past_its_head():
     assert first.read_bytes == 64 * 1024 + first.size  # the head, then the whole file once
     assert second.read_bytes == 64 * 1024  # refused from its header alone
     assert pipe.budget.in_use_s == 0
+
+
+def test_hostile_speaker_options_are_refused_before_any_model_call(tmp_path):
+    from voxgraph.errors import PayloadTooLarge
+
+    fake = FakeBackends()
+    svc = _service(tmp_path, fake)
+    names = [f"n{i}" for i in range(33)]
+    with pytest.raises(BadRequest, match="at most 32"):
+        asyncio.run(svc.diarize(_meeting(), known_speaker_names=names))
+    with pytest.raises(BadRequest, match="distinct"):
+        asyncio.run(svc.diarize(_meeting(), known_speaker_names=["Ann", "ann"]))
+    huge = "data:audio/wav;base64," + "A" * (int(SETTINGS.max_upload_mb * 2**20) * 4 // 3 + 8)
+    with pytest.raises(PayloadTooLarge, match="reference"):
+        asyncio.run(
+            svc.transcribe(_meeting(), known_speaker_names=["a"], known_speaker_references=[huge])
+        )
+    assert fake.calls == {"asr": 0, "diarizer": 0, "embedder": 0}
