@@ -8,16 +8,21 @@ same app over in-process models.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from deployments.http_guards import (
     BodyLimitMiddleware,
@@ -29,6 +34,7 @@ from deployments.http_guards import (
     route_path,
 )
 from deployments.metrics import ingress_metrics
+from deployments.realtime_app import router as realtime_router
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
 from voxgraph.formats import TEXT_MEDIA_TYPES
@@ -37,8 +43,10 @@ from voxgraph.schemas import (
     DiarizeChunkResponse,
     DiarizeOptions,
     DiarizeResponse,
+    ErrorBody,
     ErrorResponse,
     Options,
+    StreamError,
     TranscribeOptions,
     TranscriptionResponse,
     TranslateOptions,
@@ -167,6 +175,83 @@ def render(result: dict[str, Any] | str, fmt: str) -> Response:
     return JSONResponse(result)
 
 
+def sse(event: dict[str, Any]) -> bytes:
+    """One Server-Sent Event: `data: {json}` and a blank line."""
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def event_stream(events: AsyncIterator[dict[str, Any]], route: str) -> Response:
+    """An SSE response over `events`, or the JSON error of a failure before the first one.
+
+    The first event is awaited here, so bad options, an empty, undecodable or
+    too long file answer with their usual 4xx. A failure after it ends the stream
+    with an `error` event (the status was already 200); a client that goes away
+    closes `events`, which releases what the request holds.
+    """
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield sse(first)
+            async for event in events:
+                yield sse(event)
+        except Exception as e:
+            if not isinstance(e, VoxgraphError):
+                logger.error("unhandled %s in a stream", type(e).__name__, exc_info=e)
+            error = stream_error(e)
+            # Answered 200 already, so the HTTP layer's error count would not see it.
+            ingress_metrics().count_error(route, error["error"]["code"])
+            yield sse(error)
+        finally:
+            await events.aclose()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return EventStreamResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+class EventStreamResponse(StreamingResponse):
+    """A stream that stops as soon as the client goes away, and always closes its events.
+
+    Starlette on an ASGI 2.4 server notices a disconnect only at the next send,
+    which for a long window may be minutes away; here the disconnect is watched
+    for the whole stream, and the event generator is closed (releasing the
+    request's audio budget) however the response ends.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-send
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def stream_error(e: Exception) -> dict[str, Any]:
+    """The `error` event of a failed stream, with the body a JSON error would carry."""
+    if isinstance(e, VoxgraphError):
+        kind = "server_error" if e.status >= 500 else "invalid_request_error"
+        error = ErrorBody(message=e.message, type=kind, code=e.code)
+    else:
+        error = ErrorBody(message="internal error", type="server_error", code="internal")
+    return StreamError(type="error", error=error).model_dump(mode="json")
+
+
 def _service(request: Request) -> VoxgraphService:
     return request.app.state.service
 
@@ -196,6 +281,7 @@ def build_api(service: VoxgraphService | None) -> FastAPI:
     api.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     api.add_exception_handler(Exception, _unexpected)
     api.include_router(router)
+    api.include_router(realtime_router)
     return api
 
 
@@ -233,6 +319,9 @@ async def http_transcriptions(
     form: Annotated[TranscribeForm, Form()],  # type: ignore[valid-type]
 ) -> Response:
     data, _, options = await read_upload(form)
+    if form.stream:
+        events = _service(request).transcribe_stream(data, **options)
+        return await event_stream(events, route_path(request.scope))
     result = await _service(request).transcribe(data, **options)
     return render(result, form.response_format)
 

@@ -110,6 +110,14 @@ def test_monolith_shapes_match_the_graphs_schemas(client, mono):
     assert r.status_code == 200 and r.text.startswith("SPEAKER ")
 
 
+def test_stream_bench_measures_first_text_and_the_same_text(mono):
+    from bench import stream
+
+    r = stream.measure(mono, minutes=0.5)
+    assert r["same_text"] and r["events"] >= 1 and r["asr_windows"] == 1
+    assert 0 < r["first_s"] <= r["done_s"] and r["total_s"] > 0
+
+
 def test_monolith_errors_like_the_graph(client):
     r = client.post("/v1/audio/diarize-chunk", files={"file": ("x.wav", b"nope", "audio/wav")})
     assert r.status_code == 400 and r.json()["error"]["code"] == "undecodable_audio"

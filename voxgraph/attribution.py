@@ -327,6 +327,50 @@ def merge_window_transcripts(
     )
 
 
+class WindowMerge:
+    """`merge_window_transcripts` fed window by window, in order, for a stream.
+
+    `add` returns the segments that are settled: no later window can change or
+    precede them. A window's seam fix-ups only touch words straddling its core
+    end and everything from the next window starts at or after that window's
+    start, so a merged segment ending before the next window's start is final.
+    Once every window is in, the rest comes out and `result` is exactly
+    `merge_window_transcripts(windows, transcripts)`.
+    """
+
+    def __init__(self, windows: Sequence[Window]):
+        self.windows = list(windows)
+        self.parts: list[Transcript] = []
+        self.sent = 0
+        self.result: Transcript | None = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.parts) == len(self.windows)
+
+    def add(self, transcript: Transcript) -> list[Segment]:
+        """Take the next window's transcript; the segments it settles, in order."""
+        if self.complete:
+            raise ValueError("every window is already in")
+        self.parts.append(transcript)
+        k = len(self.parts)
+        if self.complete:
+            self.result = merge_window_transcripts(self.windows, self.parts)
+            segments, horizon = self.result.segments, math.inf
+        else:
+            # Windows still out count as silent: words they might take back (seam
+            # straddlers) are kept here, so segments holding them are not settled.
+            silent = [Transcript("", (), (), w.duration_s) for w in self.windows[k:]]
+            segments = merge_window_transcripts(self.windows, self.parts + silent).segments
+            horizon = self.windows[k].start_s
+        settled = self.sent
+        while settled < len(segments) and segments[settled].end < horizon:
+            settled += 1
+        out = list(segments[self.sent : settled])
+        self.sent = settled
+        return out
+
+
 def _fix_seam(
     seam: float,
     a_words: list[tuple[Word, int]],

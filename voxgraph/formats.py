@@ -20,6 +20,9 @@ from voxgraph.schemas import (
     IdentificationOut,
     SegmentOut,
     TranscriptionResponse,
+    TranscriptTextDelta,
+    TranscriptTextDone,
+    TranscriptTextSegment,
     TurnOut,
     VerboseTranscriptionResponse,
     WordOut,
@@ -165,28 +168,7 @@ class TranscriptionOutput:
         raise ValueError(f"unknown response_format {fmt!r}")
 
     def _diarized(self) -> DiarizedTranscriptionResponse:
-        # OpenAI labels unnamed speakers A, B, ... in order of first appearance.
-        letters: dict[str, str] = {}
-        out: list[DiarizedSegmentOut] = []
-        for seg in _split_at_pauses(self.transcript.segments, self.pause_s):
-            label = seg.speaker or "Speaker_0"
-            if label in self.identity_scores:
-                name, score = label, _r(self.identity_scores[label], 4)
-            else:
-                name, score = letters.setdefault(label, _letters(len(letters))), None
-            item = DiarizedSegmentOut(
-                type="transcript.text.segment",
-                id=f"seg_{len(out)}",
-                start=_r(seg.start),
-                end=_r(seg.end),
-                speaker=name,
-                text=seg.text.strip(),
-            )
-            if seg.speaker_confidence is not None:
-                item.speaker_confidence = _r(seg.speaker_confidence, 4)
-            if score is not None:
-                item.identity_score = score
-            out.append(item)
+        out = DiarizedSegments(self.identity_scores, self.pause_s).add(self.transcript.segments)
         d = _r(self.transcript.duration)
         # Set, not defaulted: the body is dumped with exclude_unset.
         return DiarizedTranscriptionResponse(
@@ -226,6 +208,90 @@ class TranscriptionOutput:
             if s.speaker in self.identity_scores:
                 out.identity_score = _r(self.identity_scores[s.speaker], 4)
         return out
+
+
+class DiarizedSegments:
+    """diarized_json's segments, rendered as they come (a stream) or all at once.
+
+    OpenAI labels unnamed speakers A, B, ... in order of first appearance and
+    numbers segments `seg_0`, `seg_1`, ...; both carry on from one call to the next.
+    """
+
+    def __init__(
+        self, identity_scores: dict[str, float] | None = None, pause_s: float | None = None
+    ):
+        self.identity_scores = identity_scores or {}
+        self.pause_s = pause_s
+        self.letters: dict[str, str] = {}
+        self.count = 0
+
+    def add(self, segments: Sequence[Segment]) -> list[DiarizedSegmentOut]:
+        """The next segments (attributed, in time order), cut at pauses and labelled."""
+        out: list[DiarizedSegmentOut] = []
+        for seg in _split_at_pauses(segments, self.pause_s):
+            label = seg.speaker or "Speaker_0"
+            if label in self.identity_scores:
+                name, score = label, _r(self.identity_scores[label], 4)
+            else:
+                name, score = self.letters.setdefault(label, _letters(len(self.letters))), None
+            item = DiarizedSegmentOut(
+                type="transcript.text.segment",
+                id=f"seg_{self.count}",
+                start=_r(seg.start),
+                end=_r(seg.end),
+                speaker=name,
+                text=seg.text.strip(),
+            )
+            if seg.speaker_confidence is not None:
+                item.speaker_confidence = _r(seg.speaker_confidence, 4)
+            if score is not None:
+                item.identity_score = score
+            out.append(item)
+            self.count += 1
+        return out
+
+
+class TranscriptEvents:
+    """A transcription's stream events (stream=true), built as settled segments arrive.
+
+    Plain text: one `transcript.text.delta` per segment, whose deltas joined are
+    the transcript's text. diarized_json: per segment a delta (with `segment_id`)
+    then its `transcript.text.segment`. Last, `transcript.text.done`.
+    """
+
+    def __init__(self, diarized: bool = False, pause_s: float | None = None):
+        self.segments = DiarizedSegments(pause_s=pause_s) if diarized else None
+        self.texts: list[str] = []
+
+    def add(self, segments: Sequence[Segment]) -> list[TranscriptTextDelta | TranscriptTextSegment]:
+        """Events for the next settled segments (in time order)."""
+        events: list[TranscriptTextDelta | TranscriptTextSegment] = []
+        if self.segments is None:
+            for seg in segments:
+                if text := seg.text.strip():
+                    events.append(self._delta(text))
+            return events
+        for item in self.segments.add(segments):
+            events.append(self._delta(item.text, item.id))
+            events.append(TranscriptTextSegment.model_validate(item.model_dump(exclude_unset=True)))
+        return events
+
+    def done(self, text: str | None, duration: float) -> TranscriptTextDone:
+        """The last event; `text` is the whole transcript's (None: the deltas joined)."""
+        d = _r(duration)
+        return TranscriptTextDone(
+            type="transcript.text.done",
+            text=" ".join(self.texts) if text is None else text,
+            usage=DurationUsage(type="duration", seconds=d),
+        )
+
+    def _delta(self, text: str, segment_id: str | None = None) -> TranscriptTextDelta:
+        delta = text if not self.texts else " " + text
+        self.texts.append(text)
+        event = TranscriptTextDelta(type="transcript.text.delta", delta=delta)
+        if segment_id is not None:
+            event.segment_id = segment_id
+        return event
 
 
 def _letters(i: int) -> str:

@@ -19,6 +19,7 @@ speakers in `voxgraph.attribution`, and each model lives in its deployment.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from voxgraph.attribution import (
+    WindowMerge,
     assign_word_speakers,
     merge_window_transcripts,
     split_segments_by_speaker,
@@ -34,9 +36,10 @@ from voxgraph.attribution import (
 from voxgraph.audio import data_url_bytes, decode_audio, probe_duration
 from voxgraph.budget import AudioBudget
 from voxgraph.errors import BadRequest, PayloadTooLarge
-from voxgraph.formats import DiarizationOutput, TranscriptionOutput
+from voxgraph.formats import DiarizationOutput, TranscriptEvents, TranscriptionOutput
 from voxgraph.identity import Candidate, identify, speaker_voiceprints
 from voxgraph.linking import SpeakerHints, link_speakers, stitch
+from voxgraph.live_speakers import SessionSpeakers
 from voxgraph.schemas import (
     MODEL_LANGUAGES,
     DiarizeChunkOptions,
@@ -45,6 +48,7 @@ from voxgraph.schemas import (
     ServerVadChunking,
     SpeakerCountHints,
     TranscribeOptions,
+    TranscriptStreamEvent,
 )
 from voxgraph.settings import Settings
 from voxgraph.turns import (
@@ -55,7 +59,7 @@ from voxgraph.turns import (
     speech_seconds,
     with_confidence,
 )
-from voxgraph.types import SAMPLE_RATE, Diarization, ModelInfo, Transcript, Turn
+from voxgraph.types import SAMPLE_RATE, Diarization, ModelInfo, Segment, Transcript, Turn
 from voxgraph.windows import Window, plan_windows, window_samples
 
 T = TypeVar("T")
@@ -64,6 +68,10 @@ ROLES: tuple[Role, ...] = ("asr", "diarizer", "embedder")
 
 # A header, Xing frame or STREAMINFO block sits in the first bytes of a file.
 _PROBE_BYTES = 64 * 1024
+
+# A streamed segment gets its speakers once diarization reaches this far past its
+# end, so a word at the edge still sees the turns that follow it.
+_SPEAKER_LOOKAHEAD_S = 5.0
 
 # An upload that declares no duration is reserved as if it held this few bytes per
 # second (8 kbit/s, below any usable speech codec) until decoding tells the truth.
@@ -156,6 +164,45 @@ class Pipeline:
             identity_scores=naming.scores,
             identification=naming.report,
         )
+
+    async def transcribe_events(
+        self, audio: bytes | Upload, opts: TranscribeOptions
+    ) -> AsyncIterator[TranscriptStreamEvent]:
+        """`transcribe` as stream events (stream=true), window by window as they finish.
+
+        Windows run concurrently as in `transcribe`; a window's settled segments
+        are sent once it and every window before it are done. The `done` text is
+        `transcribe`'s text. With diarized_json, speakers are linked chunk by
+        chunk (`SessionSpeakers`), not clustered over the whole file, so in hard
+        cases they may differ from the answer without stream=true.
+        """
+        hints = _hints(opts)
+        asr = await self.backends.info("asr")
+        _check_language(opts.language, asr.model)
+        async with self._admitted(audio) as samples:
+            events = TranscriptEvents(diarized=opts.diarized, pause_s=_pause_s(opts))
+            windows = self._asr_windows(samples)
+            merge = WindowMerge(windows)
+            speakers = _StreamedSpeakers(self, samples, hints) if opts.diarized else None
+            parts = _InOrder(
+                windows,
+                lambda w: self.backends.transcribe(window_samples(samples, w)),
+                self.settings.max_windows_in_flight,
+            )
+            try:
+                async for part in parts:
+                    segments = merge.add(part)
+                    if speakers is not None and segments:
+                        segments = await speakers.attribute(segments, merge.complete)
+                    for event in events.add(segments):
+                        yield event
+            finally:
+                parts.cancel()
+                if speakers is not None:
+                    speakers.cancel()
+            result = merge.result
+            text = None if opts.diarized else (result.text if result is not None else "")
+            yield events.done(text, len(samples) / SAMPLE_RATE)
 
     async def diarize(self, audio: bytes | Upload, opts: DiarizeOptions) -> DiarizationOutput:
         """Who spoke when, with speakers consistent across the whole recording."""
@@ -264,10 +311,17 @@ class Pipeline:
             reservation.resize(len(samples) / SAMPLE_RATE)
             yield samples
 
+    def _asr_windows(self, samples: np.ndarray) -> list[Window]:
+        s = self.settings
+        return plan_windows(len(samples) / SAMPLE_RATE, s.asr_window_s, s.asr_overlap_s)
+
+    def _diar_windows(self, samples: np.ndarray) -> list[Window]:
+        s = self.settings
+        return plan_windows(len(samples) / SAMPLE_RATE, s.diar_window_s, s.diar_overlap_s)
+
     async def _transcript(self, samples: np.ndarray) -> Transcript:
         """ASR over overlapping windows; each word kept by the window whose core holds it."""
-        s = self.settings
-        windows = plan_windows(len(samples) / SAMPLE_RATE, s.asr_window_s, s.asr_overlap_s)
+        windows = self._asr_windows(samples)
         parts = await self._each(
             windows, lambda w: self.backends.transcribe(window_samples(samples, w))
         )
@@ -282,20 +336,22 @@ class Pipeline:
         their speech, so a speaker is named from all of its speech in the recording.
         """
         s = self.settings
-        windows = plan_windows(len(samples) / SAMPLE_RATE, s.diar_window_s, s.diar_overlap_s)
-
-        async def one(w: Window) -> tuple[Diarization, dict[int, np.ndarray]]:
-            clip = window_samples(samples, w)
-            diar = await self.backends.diarize(clip)
-            return diar, await self._fingerprints(clip, diar)
-
-        results = await self._each(windows, one)
+        windows = self._diar_windows(samples)
+        results = await self._each(windows, lambda w: self._diarized_window(samples, w))
         diars = [d for d, _ in results]
         prints = [p for _, p in results]
         mappings = link_speakers(windows, diars, prints, hints, threshold=s.link_threshold)
         speech = [speech_seconds(d.turns) for d in diars]
         voiceprints = speaker_voiceprints(prints, mappings, speech)  # type: ignore[arg-type]
         return stitch(windows, diars, mappings), voiceprints
+
+    async def _diarized_window(
+        self, samples: np.ndarray, w: Window
+    ) -> tuple[Diarization, dict[int, np.ndarray]]:
+        """One diarization window (window-relative times) and its speakers' fingerprints."""
+        clip = window_samples(samples, w)
+        diar = await self.backends.diarize(clip)
+        return diar, await self._fingerprints(clip, diar)
 
     async def _fingerprints(self, clip: np.ndarray, diar: Diarization) -> dict[int, np.ndarray]:
         """L2-normalised fingerprint per local speaker with enough speech, in one call."""
@@ -352,13 +408,92 @@ class Pipeline:
         Only windows in flight are in the models' hands, so a long recording
         needs its decoded samples plus a few windows, not a second copy of itself.
         """
-        gate = asyncio.Semaphore(self.settings.max_windows_in_flight)
+        runs = _InOrder(windows, fn, self.settings.max_windows_in_flight)
+        try:
+            return [r async for r in runs]
+        finally:
+            runs.cancel()
+
+
+class _InOrder(AsyncIterator[T]):
+    """`fn` over windows, at most `limit` at once, started now; results come in window order.
+
+    `cancel` stops the windows still running (a failed or abandoned request
+    leaves no model call behind that nobody waits for).
+    """
+
+    def __init__(self, windows: Sequence[Window], fn: Callable[[Window], Awaitable[T]], limit: int):
+        gate = asyncio.Semaphore(limit)
 
         async def gated(w: Window) -> T:
             async with gate:
                 return await fn(w)
 
-        return list(await asyncio.gather(*(gated(w) for w in windows)))
+        self.tasks = [asyncio.ensure_future(gated(w)) for w in windows]
+        self.next = 0
+
+    def __aiter__(self) -> _InOrder[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self.next >= len(self.tasks):
+            raise StopAsyncIteration
+        task = self.tasks[self.next]
+        self.next += 1
+        return await task
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            if not task.done():
+                task.cancel()
+            # Nobody awaits a window left behind: retrieve its error so none is logged.
+            task.add_done_callback(_quiet)
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _StreamedSpeakers:
+    """Diarization windows of a streamed request, linked as they finish (`SessionSpeakers`)."""
+
+    def __init__(self, pipe: Pipeline, samples: np.ndarray, hints: SpeakerHints):
+        self.windows = pipe._diar_windows(samples)
+        self.runs = _InOrder(
+            self.windows,
+            lambda w: pipe._diarized_window(samples, w),
+            pipe.settings.max_windows_in_flight,
+        )
+        # A speaker-count cap folds voices past it into the closest speaker; the
+        # lower bounds need the whole file and are left to the offline clustering.
+        _, most = hints.bounds
+        cap = int(most) if math.isfinite(most) else 64
+        self.session = SessionSpeakers(pipe.settings.link_threshold, max_speakers=cap)
+        self.diars: list[Diarization] = []
+        self.mappings: list[dict[int, int]] = []
+
+    @property
+    def heard_until(self) -> float:
+        """Global time up to which the linked windows' cores reach."""
+        return self.windows[len(self.diars) - 1].core_end_s if self.diars else 0.0
+
+    async def attribute(self, segments: list[Segment], complete: bool) -> list[Segment]:
+        """Settled segments with session speakers, once diarization has heard past them."""
+        need = math.inf if complete else max(s.end for s in segments) + _SPEAKER_LOOKAHEAD_S
+        while len(self.diars) < len(self.windows) and self.heard_until < need:
+            diar, prints = await anext(self.runs)
+            w = self.windows[len(self.diars)]
+            self.mappings.append(self.session.link(diar, prints, offset_s=w.start_s))
+            self.diars.append(diar)
+        n = len(self.diars)
+        diar = stitch(self.windows[:n], self.diars, self.mappings)
+        words = tuple(w for s in segments for w in s.words)
+        part = Transcript(" ".join(s.text for s in segments), words, tuple(segments), 0.0)
+        return list(attribute(part, diar).segments)
+
+    def cancel(self) -> None:
+        self.runs.cancel()
 
 
 # ---------------------------------------------------------------- pure steps

@@ -40,6 +40,8 @@ MODEL_LANGUAGES: dict[str, frozenset[str]] = {
 }
 
 TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt", "diarized_json"]
+# As OpenAI: a stream carries text (and diarized segments); timed formats come whole.
+STREAM_FORMATS = ("json", "text", "diarized_json")
 DiarizationFormat = Literal["json", "rttm"]
 
 
@@ -147,6 +149,8 @@ class TranscribeOptions(KnownSpeakers):
     """Which timestamps verbose_json carries: `word`, `segment` or both."""
     diarize: bool = False
     """Add `speaker` to every segment and word (voxgraph extension)."""
+    stream: bool = False
+    """Send Server-Sent Events (`transcript.text.delta`, `.segment`, `.done`) as windows finish."""
 
     @field_validator("language")
     @classmethod
@@ -177,6 +181,27 @@ class TranscribeOptions(KnownSpeakers):
         if "chunking_strategy" in rest:
             raise ValueError("give chunking_strategy either as a value or as fields, not both")
         return {**rest, "chunking_strategy": nested}
+
+    @model_validator(mode="after")
+    def _streamable(self) -> TranscribeOptions:
+        if not self.stream:
+            return self
+        if self.response_format not in STREAM_FORMATS:
+            raise ValueError(
+                f"stream=true is for response_format {', '.join(STREAM_FORMATS)}; "
+                f"{self.response_format} is only sent whole (leave stream unset)"
+            )
+        if self.response_format != "diarized_json" and self.diarize:
+            raise ValueError(
+                "stream=true sends speakers with response_format=diarized_json; "
+                "diarize=true with json or text is only sent whole"
+            )
+        if self.wants_identity:
+            raise ValueError(
+                "stream=true cannot name speakers yet (known_speaker_names[], identify); "
+                "leave stream unset to name them"
+            )
+        return self
 
     @property
     def diarized(self) -> bool:
@@ -381,6 +406,38 @@ class DiarizedTranscriptionResponse(Body):
     """How speakers were named, when names were asked for (voxgraph extension)."""
 
 
+# ---- stream events (stream=true): OpenAI's transcription stream, one SSE `data:` each ----
+
+
+class TranscriptTextDelta(Body):
+    """More text: its pieces joined give the `done` event's text."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    """Always `transcript.text.delta`."""
+    delta: str
+    """Text to append (starts with a space after the first piece)."""
+    segment_id: str | None = None
+    """The diarized segment this text belongs to (response_format=diarized_json)."""
+
+
+class TranscriptTextSegment(DiarizedSegmentOut):
+    """One finished diarized segment with its speaker (response_format=diarized_json)."""
+
+
+class TranscriptTextDone(Body):
+    """The end of the stream: the whole text and the audio it came from."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    """Always `transcript.text.done`."""
+    text: str
+    """The whole transcript (as the request without stream=true would answer)."""
+    usage: DurationUsage
+    """Audio seconds of the request."""
+
+
+TranscriptStreamEvent = TranscriptTextDelta | TranscriptTextSegment | TranscriptTextDone
+
+
 class ErrorBody(Body):
     message: str
     type: str
@@ -389,3 +446,10 @@ class ErrorBody(Body):
 
 class ErrorResponse(Body):
     error: ErrorBody
+
+
+class StreamError(ErrorResponse):
+    """A failure after a stream began: its last event (the HTTP status was already 200)."""
+
+    type: Literal["error"] = "error"
+    """Always `error`."""

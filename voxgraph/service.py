@@ -9,19 +9,22 @@ runners. No Ray import here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
+from voxgraph.live import SessionRegistry
 from voxgraph.pipeline import ROLES, Backends, Pipeline, Upload
 from voxgraph.schemas import (
     DiarizeChunkOptions,
     DiarizeOptions,
     TranscribeOptions,
+    TranscriptTextDone,
     TranslateOptions,
     parse_options,
 )
@@ -114,15 +117,48 @@ class VoxgraphService:
         db = settings.speakers_db.get_secret_value() if settings.speakers_db else None
         self.library = library or SpeakerLibrary(db)
         self.pipeline = Pipeline(backends, settings, self.library)
+        self.live = SessionRegistry(settings)
         self.observer: Observer = observer or _Silent()
 
     @observed("/v1/audio/transcriptions")
     async def transcribe(self, audio: bytes | Upload, **options: Any) -> dict[str, Any] | str:
         """Transcribe (and with diarize=True, attribute speakers)."""
         opts = parse_options(TranscribeOptions, options)
+        if opts.stream:
+            raise BadRequest(
+                "stream=true is served by transcribe_stream: "
+                "handle.options(stream=True).transcribe_stream.remote(audio, **options)"
+            )
         out = await self.pipeline.transcribe(audio, opts)
         self.observer.audio_received("/v1/audio/transcriptions", out.transcript.duration)
         return out.render(opts.response_format)
+
+    async def transcribe_stream(
+        self, audio: bytes | Upload, **options: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`transcribe` with stream=true: OpenAI's stream events as dicts, as windows finish.
+
+        `transcript.text.delta` (and with diarized_json `transcript.text.segment`)
+        events, then `transcript.text.done`. A failure raises the same typed error as
+        `transcribe`, whether before the first event or after; HTTP turns one after
+        the first event into an `error` event. Python callers:
+        `handle.options(stream=True).transcribe_stream.remote(audio, **options)`.
+        """
+        route = "/v1/audio/transcriptions"
+        try:
+            opts = parse_options(TranscribeOptions, {**options, "stream": True})
+            # Closed with this generator (a client gone): the walk releases its budget now.
+            async with contextlib.aclosing(self.pipeline.transcribe_events(audio, opts)) as events:
+                async for event in events:
+                    if isinstance(event, TranscriptTextDone):
+                        self.observer.audio_received(route, event.usage.seconds)
+                    yield event.model_dump(mode="json", exclude_none=True)
+        except VoxgraphError as e:
+            self.observer.error(route, e.code)
+            raise
+        except Exception:
+            self.observer.error(route, "internal")
+            raise
 
     @observed("/v1/audio/translations")
     async def translate(self, audio: bytes | Upload, **options: Any) -> dict[str, Any] | str:

@@ -101,9 +101,7 @@ class Settings(BaseSettings):
     """Longest a model call may take before the request fails with 503 (seconds)."""
     upload_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("upload_timeout_s"))
     """Longest a request body may take to arrive in full (seconds); slower is refused with 408."""
-    upload_idle_timeout_s: float = Field(
-        15.0, gt=0, validation_alias=_env("upload_idle_timeout_s")
-    )
+    upload_idle_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("upload_idle_timeout_s"))
     """Longest a request body may stall with no bytes arriving (seconds) before a 408."""
     upload_min_rate_bytes_s: float = Field(
         1024.0, ge=0, validation_alias=_env("upload_min_rate_bytes_s")
@@ -122,6 +120,24 @@ class Settings(BaseSettings):
         1.0, gt=0, validation_alias=_env("min_reference_speech_s")
     )
     """Speech a reference or enrolment clip needs (seconds, its main voice alone)."""
+    realtime_max_sessions: int = Field(32, ge=0, validation_alias=_env("realtime_max_sessions"))
+    """Realtime sessions one ingress replica holds at once; beyond: refused (close 1013)."""
+    realtime_idle_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=_env("realtime_idle_timeout_s")
+    )
+    """A realtime session with no client message for this long is closed (seconds)."""
+    realtime_max_session_s: float = Field(
+        4 * 3600.0, gt=0, validation_alias=_env("realtime_max_session_s")
+    )
+    """Longest a realtime session may stay open (seconds, wall clock)."""
+    realtime_context_s: float = Field(90.0, ge=10, validation_alias=_env("realtime_context_s"))
+    """Audio a realtime session keeps (seconds): the turn being spoken plus diarization context."""
+    realtime_diar_context_s: float = Field(
+        30.0, gt=0, validation_alias=_env("realtime_diar_context_s")
+    )
+    """Audio before a turn's end that a rolling-window diarizer hears with it (seconds)."""
+    realtime_max_turn_s: float = Field(30.0, gt=0, validation_alias=_env("realtime_max_turn_s"))
+    """Longest turn (seconds): an uncommitted buffer this long is committed as is."""
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("api_keys", f"{ENV_PREFIX}API_KEY")
     )
