@@ -86,10 +86,12 @@ def test_fits_the_cpu_budget_with_useful_threads(cpu):
     assert math.floor(args.asr.num_cpus) >= 2
 
 
-def test_model_calls_time_out_before_the_proxy(cpu):
-    # A slow model call must end in the service's own 503, not in the proxy's timeout.
+def test_model_calls_time_out_in_the_service_not_the_proxy(cpu):
+    # A slow model call ends in the service's own 503; the proxy has no end-to-end
+    # timeout, which would also cut realtime sessions and streamed responses.
     settings = _args(cpu).settings
-    assert settings["request_timeout_s"] < cpu["http_options"]["request_timeout_s"]
+    assert settings["request_timeout_s"] > 0
+    assert "request_timeout_s" not in cpu["http_options"]
     assert settings["max_audio_s"] < Settings.model_fields["max_audio_s"].default  # GPU: 4 h
 
 

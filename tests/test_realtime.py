@@ -503,3 +503,26 @@ def test_a_client_gone_mid_turn_frees_its_session(app_over):
     while svc.live.sessions and time.monotonic() - t0 < 5:
         time.sleep(0.05)
     assert svc.live.sessions == {}
+
+
+def test_a_failed_model_ends_the_session_with_a_retryable_close_code(app_over):
+    from deployments.http_app import build_api
+    from voxgraph.errors import ServiceUnavailable
+    from voxgraph.service import VoxgraphService
+
+    class Down(Voices):
+        async def transcribe(self, audio):
+            raise ServiceUnavailable("the ASR deployment is unavailable")
+
+    client = TestClient(build_api(VoxgraphService(Down(), settings())))
+    with client.websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        ws.send_text(json.dumps({"type": "session.update", "session": MANUAL_16K}))
+        ws.receive_text()
+        ws.send_text(append(np.full(SR, 0.1, np.float32)))
+        ws.send_text(json.dumps({"type": "input_audio_buffer.commit"}))
+        seen = _until(ws, "error")
+        assert seen[-1]["error"]["type"] == "server_error" and seen[-1]["item_id"]
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_text()
+        assert e.value.code == 1013
