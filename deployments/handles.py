@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from voxgraph.errors import ServiceUnavailable, VoxgraphError
 from voxgraph.pipeline import Role
-from voxgraph.types import Diarization, ModelInfo, Transcript
+from voxgraph.types import Diarization, DiarStreamState, DiarStreamStep, ModelInfo, Transcript
 
 T = TypeVar("T")
 
@@ -52,6 +52,12 @@ class HandleBackends:
 
     async def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return await self._call(self._handles["embedder"].embed.remote(list(clips)))
+
+    async def diarize_step(
+        self, audio: np.ndarray, state: DiarStreamState | None
+    ) -> DiarStreamStep:
+        """One live step on a streaming Sortformer; BadRequest where the model cannot stream."""
+        return await self._call(self._handles["diarizer"].diarize_step.remote(audio, state))
 
     async def info(self, role: Role, *, fresh: bool = False) -> ModelInfo:
         cached = self._info.get(role)

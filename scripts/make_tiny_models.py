@@ -10,6 +10,8 @@ Outputs are meaningless; classes, configs, shapes and code paths are real.
 - diarizer.nemo  SortformerEncLabelModel, 4 speakers
 - embedder.nemo  EncDecSpeakerLabelModel (TitaNet-style), 192-dim embeddings
 - asr.nemo       EncDecRNNTBPEModel with TDT decoding and a locally trained BPE tokenizer
+- diarizer_streaming.nemo  SortformerEncLabelModel in streaming mode (speaker cache + FIFO,
+                 as diar_streaming_sortformer_4spk-v2), with small streaming sizes
 
 `--size real` builds the real-size architectures (Sortformer 4spk-v1, TitaNet-large,
 Parakeet-TDT-0.6B-like) for GPU benchmarks; the ASR one is about 2.4 GB.
@@ -32,8 +34,13 @@ from typing import Any
 import yaml
 
 CONFIGS_YAML = Path(__file__).with_name("tiny_nemo_configs.yaml")
-ROLES = ("diarizer", "embedder", "asr")
-FILENAMES = {"diarizer": "diarizer.nemo", "embedder": "embedder.nemo", "asr": "asr.nemo"}
+ROLES = ("diarizer", "embedder", "asr", "diarizer_streaming")
+FILENAMES = {
+    "diarizer": "diarizer.nemo",
+    "embedder": "embedder.nemo",
+    "asr": "asr.nemo",
+    "diarizer_streaming": "diarizer_streaming.nemo",
+}
 DEFAULT_SEED = 1234
 
 # How far the joint's non-blank logits are lifted above blank in the tiny ASR model:
@@ -48,6 +55,22 @@ def tiny_configs() -> dict[str, dict[str, Any]]:
     """The verified tiny configs (a fresh copy each call)."""
     with CONFIGS_YAML.open() as f:
         return yaml.safe_load(f)
+
+
+def _merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overlay` merged in, nested dicts key by key (neither is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def streaming_sortformer(cfgs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The streaming Sortformer config: `sortformer` with the `sortformer_streaming` overlay."""
+    return _merged(cfgs["sortformer"], cfgs["sortformer_streaming"])
 
 
 def _jasper_block(filters: int, repeat: int, kernel: int, residual: bool) -> dict[str, Any]:
@@ -78,6 +101,15 @@ def real_configs() -> dict[str, dict[str, Any]]:
     )
     s["transformer_encoder"].update(
         num_layers=18, hidden_size=192, inner_size=768, num_attention_heads=8
+    )
+
+    # Streaming Sortformer v2: the same dims, streaming sizes of its 1.04 s latency setting.
+    cfgs["sortformer_streaming"]["sortformer_modules"].update(
+        spkcache_len=188,
+        fifo_len=188,
+        chunk_len=6,
+        chunk_right_context=7,
+        spkcache_update_period=144,
     )
 
     # TitaNet-large: prolog, 3 mega blocks of 3 sub-blocks (kernels 7/11/15), epilog 3072.
@@ -243,7 +275,7 @@ def build_asr(cfg: dict[str, Any], seed: int, vocab_size: int, workdir: Path):
 
 
 def build_model(role: str, workdir: Path, size: str = "tiny", seed: int = DEFAULT_SEED):
-    """One model of `role` ("diarizer" | "embedder" | "asr"), in eval mode.
+    """One model of `role` ("diarizer" | "embedder" | "asr" | "diarizer_streaming"), in eval mode.
 
     The ASR model's tokenizer lives in `workdir` and `save_to` packs it from
     there, so keep `workdir` until the model is saved.
@@ -251,6 +283,8 @@ def build_model(role: str, workdir: Path, size: str = "tiny", seed: int = DEFAUL
     cfgs = tiny_configs() if size == "tiny" else real_configs()
     if role == "diarizer":
         model = build_diarizer(cfgs["sortformer"], seed)
+    elif role == "diarizer_streaming":
+        model = build_diarizer(streaming_sortformer(cfgs), seed)
     elif role == "embedder":
         model = build_embedder(cfgs["titanet"], seed)
     elif role == "asr":
@@ -278,7 +312,7 @@ def make_models(
         path = out / FILENAMES[role]
         paths[role] = path
         if path.exists() and not force:
-            log(f"{role:9s} {path} exists, skipped (use --force to rebuild)")
+            log(f"{role:18s} {path} exists, skipped (use --force to rebuild)")
             continue
         t0 = time.perf_counter()
         # Stage in `out` so the final rename is atomic: a half-written file must
@@ -291,7 +325,7 @@ def make_models(
             os.replace(staged, path)
         dt = time.perf_counter() - t0
         log(
-            f"{role:9s} {path}  {type(model).__name__}  {n_params / 1e6:.2f}M params  "
+            f"{role:18s} {path}  {type(model).__name__}  {n_params / 1e6:.2f}M params  "
             f"{path.stat().st_size / 1e6:.2f} MB  {dt:.1f} s"
         )
         del model

@@ -50,7 +50,8 @@ class Service:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> Path:
-    if not all((TINY / f).exists() for f in ("asr.nemo", "diarizer.nemo", "embedder.nemo")):
+    files = ("asr.nemo", "diarizer.nemo", "embedder.nemo", "diarizer_streaming.nemo")
+    if not all((TINY / f).exists() for f in files):
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "make_tiny_models.py"), "--out", str(TINY)],
             check=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import math
 import time
@@ -526,3 +527,59 @@ def test_a_failed_model_ends_the_session_with_a_retryable_close_code(app_over):
         with pytest.raises(WebSocketDisconnect) as e:
             ws.receive_text()
         assert e.value.code == 1013
+
+
+def test_a_streaming_sortformer_carries_the_session_state(tiny_models):
+    """With a streaming diarizer the session steps it as audio arrives and carries its state."""
+    import torch
+
+    from voxgraph.local import InProcessBackends
+    from voxgraph.synth import speechlike
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on two busy cores spin against each other
+    try:
+        backends = InProcessBackends().load(
+            {
+                "asr": str(tiny_models / "asr.nemo"),
+                "diarizer": str(tiny_models / "diarizer_streaming.nemo"),
+                "embedder": str(tiny_models / "embedder.nemo"),
+            }
+        )
+        steps = []
+        step = backends.diarize_step
+
+        async def counted(audio, state):
+            out = await step(audio, state)
+            steps.append((len(audio), out.start_frame, len(out.probs)))
+            return out
+
+        backends.diarize_step = counted
+        x = np.concatenate(
+            [speechlike(3.0, seed=2), np.zeros(SR), speechlike(3.0, seed=5), np.zeros(2 * SR)]
+        ).astype(np.float32)
+
+        async def go():
+            run = Run(backends)
+            await run.session.start()
+            assert run.session._streaming
+            await run.send(type="session.update", session=SESSION_16K)
+            await run.stream(x)
+            await run.settle(timeout_s=60)
+            state = run.session._stream_state
+            await run.session.close()
+            return run, state
+
+        run, state = asyncio.run(go())
+    finally:
+        torch.set_num_threads(threads)
+    assert not run.of("error")
+    done = run.of("conversation.item.input_audio_transcription.completed")
+    assert len(done) >= 2
+    # One step per append at most, each continuing where the last left off.
+    assert len(steps) <= len(x) // 1600 + 1
+    frames = [(f0, n) for _, f0, n in steps if n]
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(frames))
+    assert state is not None and state.samples >= len(x) - 1600
+    for s in run.of("conversation.item.input_audio_transcription.segment"):
+        assert s["speaker"].startswith("Speaker_")

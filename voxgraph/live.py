@@ -68,6 +68,9 @@ MIN_COMMIT_S = 0.1
 VAD_FRAME = 320  # 20 ms at 16 kHz
 VAD_START_FRAMES = 3  # 60 ms of speech before speech_started
 _VAD_FLOOR_DB, _VAD_FULL_DB = -55.0, -25.0
+# How long a turn waits for a streaming diarizer's frames to cover it (seconds):
+# its latency is a chunk plus right context, about 1 s for Sortformer v2.
+STREAM_WAIT_S = 2.0
 
 
 class SessionClosed(Exception):
@@ -266,7 +269,9 @@ class LiveSession:
         self._stream_start = 0  # session frame of the first kept row
         self._stream_frames = 0  # frames received so far
         self._stream_frame_s = 0.08
-        self._stream_lock = asyncio.Lock()
+        self._stream_wake = asyncio.Event()  # audio arrived for the streaming diarizer
+        self._stream_progress = asyncio.Condition()  # a streaming step came back
+        self._stream_task: asyncio.Task[None] | None = None
         self._stream_fed = 0  # session samples sent to the streaming diarizer
 
     # ------------------------------------------------------------ lifecycle
@@ -277,15 +282,18 @@ class LiveSession:
             self.backends, "diarize_step"
         )
         self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
+        if self._streaming:
+            self._stream_task = asyncio.create_task(self._stream(), name=f"{self.id}-diarizer")
         await self.emit(event("session.created", session=session_json(self.id, self.config)))
 
     async def close(self) -> None:
         """Stop work and drop everything the session holds."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker
-            self._worker = None
+        for task in (self._worker, self._stream_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._worker = self._stream_task = None
         self.audio = RollingAudio(1)
         self._stream_probs.clear()
         self._stream_state = None
@@ -343,7 +351,7 @@ class LiveSession:
         at = self.audio.end
         self.audio.append(x)
         if self._streaming:
-            await self._feed_stream()
+            self._stream_wake.set()
         if self._vad is None:
             if self.audio.end - self._turn_start >= self.settings.realtime_max_turn_s * SAMPLE_RATE:
                 await self._commit(self.audio.end)
@@ -549,14 +557,27 @@ class LiveSession:
 
     # ------------------------------------------------------------ streaming diarizer
 
-    async def _feed_stream(self) -> None:
-        """Send audio not yet seen to the streaming diarizer, one step at a time per session."""
-        async with self._stream_lock:
+    async def _stream(self) -> None:
+        """Send audio to the streaming diarizer as it arrives, one step in flight at a time.
+
+        The session carries the model's state and sends it with each step, so any
+        Diarizer replica can take the next one and steps of many sessions batch.
+        """
+        while True:
+            await self._stream_wake.wait()
+            self._stream_wake.clear()
             if self._stream_fed >= self.audio.end:
-                return
+                continue
             chunk = self.audio.get(self._stream_fed, self.audio.end)
             self._stream_fed = self.audio.end
-            step = await self.backends.diarize_step(chunk, self._stream_state)  # type: ignore[attr-defined]
+            try:
+                step = await self.backends.diarize_step(chunk, self._stream_state)  # type: ignore[attr-defined]
+            except VoxgraphError as e:
+                self.failure = SessionClosed(
+                    1013 if isinstance(e, ServiceUnavailable) else 1011, e.message[:120]
+                )
+                await self.emit(error_event(e.message, e.code, kind="server_error"))
+                return
             self._stream_state = step.state
             self._stream_frame_s = step.frame_s
             if len(step.probs):
@@ -568,10 +589,24 @@ class LiveSession:
                 and self._stream_frames - self._stream_start - len(self._stream_probs[0]) >= keep
             ):
                 self._stream_start += len(self._stream_probs.popleft())
+            async with self._stream_progress:
+                self._stream_progress.notify_all()
 
     async def _stream_diarization(self, a: int, b: int) -> Diarization:
-        """Streaming frames of session samples [a, b); frames the model has not given are silent."""
-        await self._feed_stream()
+        """Streaming frames of session samples [a, b).
+
+        A frame is final once the model has heard its chunk and right context, so
+        the turn waits for the audio that follows it (a live client keeps sending);
+        after `STREAM_WAIT_S` frames the model has not given count as silence.
+        """
+        frame_s = self._stream_frame_s
+
+        def covered() -> bool:
+            return self._stream_frames * self._stream_frame_s * SAMPLE_RATE >= b - 1
+
+        async with self._stream_progress:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_progress.wait_for(covered), STREAM_WAIT_S)
         frame_s = self._stream_frame_s
         f0, f1 = round(a / SAMPLE_RATE / frame_s), math.ceil(b / SAMPLE_RATE / frame_s - 1e-6)
         rows = (

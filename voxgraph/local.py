@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from voxgraph.errors import ModelLoading
+from voxgraph.errors import BadRequest, ModelLoading
 from voxgraph.pipeline import ROLES, Role
-from voxgraph.types import Diarization, ModelInfo, Transcript
+from voxgraph.types import Diarization, DiarStreamState, DiarStreamStep, ModelInfo, Transcript
 
 T = TypeVar("T")
 
@@ -71,6 +71,24 @@ class InProcessBackends:
 
     async def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return await self._run("embedder", lambda r: r.embed(list(clips)))
+
+    async def diarize_step(
+        self, audio: np.ndarray, state: DiarStreamState | None
+    ) -> DiarStreamStep:
+        """One live step on a streaming Sortformer, as the Diarizer deployment's."""
+
+        def step(runner: Any) -> DiarStreamStep:
+            if not runner.capabilities.get("streaming"):
+                raise BadRequest(
+                    f"diarizer model {runner.model_name!r} cannot stream: "
+                    "live steps need a streaming Sortformer"
+                )
+            try:
+                return runner.stream_step([(audio, state)])[0]
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+
+        return await self._run("diarizer", step)
 
     async def info(self, role: Role, *, fresh: bool = False) -> ModelInfo:
         runner = self.runners.get(role)

@@ -16,14 +16,24 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
 from voxgraph.turns import parse_nemo_segment, sorted_turns
-from voxgraph.types import SAMPLE_RATE, Diarization, Segment, Transcript, Turn, Word
+from voxgraph.types import (
+    SAMPLE_RATE,
+    Diarization,
+    DiarStreamState,
+    DiarStreamStep,
+    Segment,
+    Transcript,
+    Turn,
+    Word,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -289,14 +299,38 @@ def _nearest_span(spans: list[tuple[str, float, float]], t: float) -> int:
 
 
 class DiarRunner(_Runner):
-    """Batched Sortformer diarization: speaker turns plus per-frame activity probabilities."""
+    """Batched Sortformer diarization: speaker turns plus per-frame activity probabilities.
 
-    def __init__(self, model: Any, device: str, precision: str = "fp32", name: str | None = None):
+    A streaming Sortformer (`streaming_mode` in its config, e.g. diar_streaming_sortformer_4spk-v2)
+    also diarizes live sessions step by step (`stream_step`); `streaming` overrides its
+    streaming sizes (chunk_len, chunk_left_context, chunk_right_context, fifo_len,
+    spkcache_len, spkcache_update_period) for those steps only, not for `diarize`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        precision: str = "fp32",
+        name: str | None = None,
+        streaming: Mapping[str, int] | None = None,
+    ):
         super().__init__(model, device, precision, name)
         self.hop, self.subsampling = _geometry(model)
         self.frame_s = round(self.hop * self.subsampling / SAMPLE_RATE, 6)
         """Seconds per row of `probs` (0.08 for Sortformer 4spk-v1)."""
         self.num_speakers = int(model.sortformer_modules.n_spk)
+        self._stream_overrides = dict(streaming or {})
+        self.stream = (
+            _StreamGeometry.of(model, self._stream_overrides) if can_stream(model) else None
+        )
+        """Chunking of `stream_step`; None when the model cannot stream."""
+        if getattr(model, "streaming_mode", False):
+            _quiet_streaming_progress()
+
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        return {"streaming": self.stream is not None}
 
     def num_frames(self, n_samples: int) -> int:
         """Frames Sortformer gives for n samples: ceil(floor(n / hop) / subsampling).
@@ -347,6 +381,359 @@ class DiarRunner(_Runner):
         return Diarization(
             turns=tuple(sorted_turns(turns)), probs=mat, frame_s=self.frame_s, duration=duration
         )
+
+    # ------------------------------------------------------------------ streaming
+
+    @property
+    def stream_latency_s(self) -> float | None:
+        """Longest wait of a frame in `stream_step`: chunk + right context + half a window."""
+        g = self.stream
+        if g is None:
+            return None
+        return (g.chunk + g.right) * self.frame_s + g.lookahead / SAMPLE_RATE
+
+    def new_stream_state(self) -> DiarStreamState:
+        """The state of a session that has not sent any audio yet."""
+        g = self._require_stream()
+        sm = self.model.sortformer_modules
+        dim = int(sm.fc_d_model)
+        return DiarStreamState(
+            arrays={
+                "spkcache": np.zeros((0, dim), np.float32),
+                "spkcache_preds": np.zeros((0, self.num_speakers), np.float32),
+                "fifo": np.zeros((0, dim), np.float32),
+                "mean_sil_emb": np.zeros(dim, np.float32),
+                "n_sil_frames": np.zeros((), np.int64),
+                "params": g.params.copy(),
+            },
+            pending=np.zeros(0, np.float32),
+            frames=0,
+            model=self.model_name,
+        )
+
+    def check_stream_state(self, state: DiarStreamState | None) -> None:
+        """Raise ValueError unless `state` is None or a state of this model and its settings."""
+        g = self._require_stream()
+        if state is None:
+            return
+        if not isinstance(state, DiarStreamState):
+            raise ValueError(f"expected a DiarStreamState, got {type(state).__name__}")
+        if state.model != self.model_name:
+            raise ValueError(
+                f"this streaming state belongs to diarizer model {state.model!r}, "
+                f"not {self.model_name!r}: start a new session"
+            )
+        params = state.arrays.get("params")
+        if params is None or not np.array_equal(params, g.params):
+            raise ValueError(
+                "this streaming state was made with other streaming settings of the "
+                "diarizer model: start a new session"
+            )
+        missing = sorted(set(_STATE_KEYS) - set(state.arrays))
+        if missing:
+            raise ValueError(f"streaming state lacks {missing}")
+
+    def stream_step(
+        self, batch: Sequence[tuple[np.ndarray, DiarStreamState | None]]
+    ) -> list[DiarStreamStep]:
+        """One step of each session: append its new audio, run every chunk it now allows.
+
+        Each chunk round stacks all sessions that have a chunk ready into one forward pass
+        (the model's asynchronous streaming update: speaker caches and FIFOs of different
+        lengths). A session whose audio does not complete a chunk yet gets zero new frames
+        and its grown state. Chunk k's frames come once the audio reaches the end of its
+        right context plus half an STFT window (`stream_latency_s`).
+        """
+        g = self._require_stream()
+        sessions: list[_StreamSession] = []
+        for audio, state in batch:
+            a = _as_mono_f32(audio)
+            self.check_stream_state(state)
+            st = state if state is not None else self.new_stream_state()
+            sessions.append(
+                _StreamSession(
+                    buf=np.concatenate([st.pending.astype(np.float32, copy=False), a]),
+                    start=st.pending_start,
+                    frames=st.frames,
+                    arrays={k: np.asarray(v) for k, v in st.arrays.items()},
+                )
+            )
+        ready = [s for s in sessions if s.end >= g.samples_needed(s.chunk_index(g))]
+        if ready:
+            with self._inference(), self._streaming_params():
+                while ready:
+                    self._stream_round(ready, g)
+                    ready = [s for s in ready if s.end >= g.samples_needed(s.chunk_index(g))]
+        out = []
+        for s, (_, state) in zip(sessions, batch, strict=True):
+            before = state.frames if state is not None else 0
+            probs = (
+                np.concatenate(s.out).astype(np.float32, copy=False)
+                if s.out
+                else np.zeros((0, self.num_speakers), np.float32)
+            )
+            new = DiarStreamState(
+                arrays=s.arrays,
+                pending=np.ascontiguousarray(s.buf, dtype=np.float32),
+                frames=s.frames,
+                model=self.model_name,
+                pending_start=s.start,
+            )
+            out.append(
+                DiarStreamStep(probs=probs, frame_s=self.frame_s, start_frame=before, state=new)
+            )
+        return out
+
+    def _require_stream(self) -> _StreamGeometry:
+        if self.stream is None:
+            raise ValueError(f"diarizer model {self.model_name!r} is not a streaming Sortformer")
+        return self.stream
+
+    @contextlib.contextmanager
+    def _streaming_params(self) -> Iterator[None]:
+        """The runner's streaming sizes on the model's modules for the duration of a step."""
+        sm = self.model.sortformer_modules
+        saved = {k: getattr(sm, k) for k in self._stream_overrides}
+        try:
+            for k, v in self._stream_overrides.items():
+                setattr(sm, k, int(v))
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(sm, k, v)
+
+    def _stream_round(self, ready: list[_StreamSession], g: _StreamGeometry) -> None:
+        """One chunk of every session in `ready`, in one forward pass; call inside _inference."""
+        import torch
+        from nemo.collections.asr.modules.sortformer_modules import StreamingSortformerState
+
+        model, sm, dev = self.model, self.model.sortformer_modules, self.device
+        # 1. Features. Each session's chunk needs feature frames [fs, fe) of its session;
+        # computing them from the audio since `margin` frames earlier makes them exactly
+        # what the preprocessor gives on the whole recording (pre-emphasis and STFT window
+        # reach back, the window also reaches forward: hence samples_needed). The
+        # preprocessor does not normalise (can_stream), so a batch changes nothing.
+        spans = []
+        for s in ready:
+            k = s.chunk_index(g)
+            fs, fe = g.feature_span(k)
+            f0 = max(0, fs - g.margin)
+            seg = s.buf[f0 * g.hop - s.start : g.samples_needed(k) - s.start]
+            spans.append((k, fs, fe, f0, seg))
+        longest = max(len(sp[4]) for sp in spans)
+        signal = np.zeros((len(spans), longest), np.float32)
+        for row, sp in enumerate(spans):
+            signal[row, : len(sp[4])] = sp[4]
+        feats, feat_len = model.preprocessor(
+            input_signal=torch.from_numpy(signal).to(dev),
+            length=torch.tensor([len(sp[4]) for sp in spans], device=dev),
+        )
+        chunks = []
+        for row, (_, fs, fe, f0, _) in enumerate(spans):
+            if int(feat_len[row]) < fe - f0:
+                raise RuntimeError("streaming features came out shorter than planned")
+            chunks.append(feats[row, :, fs - f0 : fe - f0].transpose(0, 1))
+        # 2. Pre-encode (subsampling convs), grouped by length: its convs see no padding.
+        embs: list[Any] = [None] * len(ready)
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(chunks):
+            by_len.setdefault(int(c.shape[0]), []).append(i)
+        for n, idx in by_len.items():
+            x = torch.stack([chunks[i] for i in idx])
+            e, e_len = model.encoder.pre_encode(
+                x=x, lengths=torch.full((len(idx),), n, device=dev, dtype=torch.long)
+            )
+            for j, i in enumerate(idx):
+                embs[i] = e[j, : int(e_len[j])].float()
+        # 3. [speaker cache | FIFO | chunk] of every session, zero-padded, in one forward.
+        caches = [torch.from_numpy(s.arrays["spkcache"]).to(dev) for s in ready]
+        fifos = [torch.from_numpy(s.arrays["fifo"]).to(dev) for s in ready]
+        lens = [
+            c.shape[0] + f.shape[0] + e.shape[0]
+            for c, f, e in zip(caches, fifos, embs, strict=True)
+        ]
+        dim = embs[0].shape[1]
+        x = torch.zeros((len(ready), max(lens), dim), device=dev)
+        for row, (c, f, e) in enumerate(zip(caches, fifos, embs, strict=True)):
+            x[row, : lens[row]] = torch.cat([c, f, e])
+        x_len = torch.tensor(lens, device=dev, dtype=torch.long)
+        enc, enc_len = model.frontend_encoder(
+            processed_signal=x, processed_signal_length=x_len, bypass_pre_encode=True
+        )
+        preds = model.forward_infer(enc, enc_len)
+        preds = sm.apply_mask_to_preds(preds, enc_len).float()
+        # 4. Each session's asynchronous cache/FIFO update (NeMo's own), on its own rows.
+        for row, (s, (k, fs, _, _, _)) in enumerate(zip(ready, spans, strict=True)):
+            lc = (k * g.chunk * g.sub - fs) // g.sub
+            st = StreamingSortformerState()
+            st.spkcache = _padded(caches[row], sm.spkcache_len)
+            st.spkcache_preds = _padded(
+                torch.from_numpy(s.arrays["spkcache_preds"]).to(dev), sm.spkcache_len
+            )
+            st.spkcache_lengths = torch.tensor([caches[row].shape[0]], device=dev)
+            st.fifo = _padded(fifos[row], sm.fifo_len)
+            st.fifo_lengths = torch.tensor([fifos[row].shape[0]], device=dev)
+            st.mean_sil_emb = torch.from_numpy(s.arrays["mean_sil_emb"]).to(dev)[None].clone()
+            st.n_sil_frames = torch.from_numpy(s.arrays["n_sil_frames"]).to(dev).reshape(1)
+            st, chunk_preds = sm.streaming_update_async(
+                streaming_state=st,
+                chunk=embs[row][None],
+                chunk_lengths=torch.tensor([embs[row].shape[0]], device=dev),
+                preds=preds[row : row + 1, : lens[row]],
+                lc=lc,
+                rc=g.right,
+            )
+            n_cache, n_fifo = int(st.spkcache_lengths[0]), int(st.fifo_lengths[0])
+            s.arrays = {
+                "spkcache": _np(st.spkcache[0, :n_cache]),
+                "spkcache_preds": _np(st.spkcache_preds[0, :n_cache]),
+                "fifo": _np(st.fifo[0, :n_fifo]),
+                "mean_sil_emb": _np(st.mean_sil_emb[0]),
+                "n_sil_frames": st.n_sil_frames[0].cpu().numpy().astype(np.int64),
+                "params": s.arrays["params"],
+            }
+            s.out.append(_np(chunk_preds[0, : g.chunk]))
+            s.frames += g.chunk
+            keep = g.keep_from(k + 1)
+            s.buf = s.buf[keep - s.start :]
+            s.start = keep
+
+
+_STATE_KEYS = ("spkcache", "spkcache_preds", "fifo", "mean_sil_emb", "n_sil_frames", "params")
+
+STREAM_PARAMS: tuple[str, ...] = (
+    "chunk_len",
+    "chunk_left_context",
+    "chunk_right_context",
+    "fifo_len",
+    "spkcache_len",
+    "spkcache_update_period",
+)
+"""The streaming Sortformer's sizes (in output frames) a session state is bound to."""
+
+
+def can_stream(model: Any) -> bool:
+    """Whether a Sortformer diarizes in streaming mode (speaker cache + FIFO).
+
+    From its config: `streaming_mode` set (diar_streaming_sortformer_4spk-v2 and later),
+    and features not normalised over the whole recording, which a stream never has.
+    """
+    cfg = getattr(model, "_cfg", None)
+    if cfg is None or not bool(cfg.get("streaming_mode", False)):
+        return False
+    if not hasattr(model, "sortformer_modules") or not hasattr(model, "forward_streaming_step"):
+        return False
+    normalize = str(cfg.get("preprocessor", {}).get("normalize", "NA") or "NA")
+    return normalize.lower() in ("na", "none", "")
+
+
+@dataclass(frozen=True)
+class _StreamGeometry:
+    """Where chunk k of a session lies, in feature frames and in samples."""
+
+    chunk: int  # output frames per chunk
+    left: int  # left context, output frames
+    right: int  # right context, output frames
+    sub: int  # feature frames per output frame
+    hop: int  # samples per feature frame
+    reach_back: int  # samples a feature frame reads before its hop start
+    n_fft: int
+    margin: int  # feature frames computed before the first one used
+    params: np.ndarray = field(compare=False)
+
+    @classmethod
+    def of(cls, model: Any, overrides: Mapping[str, int]) -> _StreamGeometry:
+        sm = model.sortformer_modules
+        values = {k: int(overrides.get(k, getattr(sm, k))) for k in STREAM_PARAMS}
+        if values["chunk_len"] < 1:
+            raise ValueError("chunk_len must be >= 1")
+        feat = model.preprocessor.featurizer
+        hop, n_fft = int(feat.hop_length), int(feat.n_fft)
+        pad = getattr(feat, "stft_pad_amount", None)
+        reach_back = n_fft // 2 if pad is None else int(pad)
+        sub = int(model.encoder.subsampling_factor)
+        # Frames before the first used one: its window and pre-emphasis (one sample)
+        # must lie inside the computed segment.
+        margin = -(-(reach_back + 1) // hop)
+        params = np.array([values[k] for k in STREAM_PARAMS] + [hop, sub, n_fft], np.int64)
+        return cls(
+            chunk=values["chunk_len"],
+            left=values["chunk_left_context"],
+            right=values["chunk_right_context"],
+            sub=sub,
+            hop=hop,
+            reach_back=reach_back,
+            n_fft=n_fft,
+            margin=margin,
+            params=params,
+        )
+
+    @property
+    def lookahead(self) -> int:
+        """Samples past its frame's hop that the last feature frame reads."""
+        return self.n_fft - self.reach_back - self.hop
+
+    def feature_span(self, k: int) -> tuple[int, int]:
+        """Feature frames [start, end) chunk k reads: left context, chunk, right context."""
+        start = k * self.chunk * self.sub
+        return max(0, start - self.left * self.sub), start + (self.chunk + self.right) * self.sub
+
+    def samples_needed(self, k: int) -> int:
+        """Session samples needed before chunk k's features are final."""
+        last = self.feature_span(k)[1] - 1
+        # Its window must be complete, and the preprocessor must count it (n // hop frames
+        # with centred windows).
+        return max(last * self.hop - self.reach_back + self.n_fft, (last + 1) * self.hop)
+
+    def keep_from(self, k: int) -> int:
+        """First session sample chunk k still reads."""
+        return max(0, self.feature_span(k)[0] - self.margin) * self.hop
+
+
+@dataclass
+class _StreamSession:
+    """One session inside a `stream_step` call."""
+
+    buf: np.ndarray
+    start: int
+    frames: int
+    arrays: dict[str, np.ndarray]
+    out: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.buf.shape[0])
+
+    def chunk_index(self, g: _StreamGeometry) -> int:
+        return self.frames // g.chunk
+
+
+def _quiet_streaming_progress() -> None:
+    """NeMo's forward_streaming draws a tqdm bar per call in eval mode: keep it out of logs."""
+    from nemo.collections.asr.models import sortformer_diar_models as sdm
+
+    bar = sdm.tqdm
+    if getattr(bar, "voxgraph_quiet", False):
+        return
+
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        return bar(*args, **{**kwargs, "disable": True})
+
+    quiet.voxgraph_quiet = True  # type: ignore[attr-defined]
+    sdm.tqdm = quiet
+
+
+def _padded(t: Any, rows: int) -> Any:
+    """(n, d) -> (1, max(rows, n), d), zero rows appended."""
+    import torch
+
+    out = torch.zeros((1, max(rows, t.shape[0]), t.shape[1]), device=t.device, dtype=torch.float32)
+    out[0, : t.shape[0]] = t
+    return out
+
+
+def _np(t: Any) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().float().cpu().numpy(), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- embeddings

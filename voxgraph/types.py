@@ -82,3 +82,43 @@ class ModelInfo:
     error: str | None = None
     load_seconds: float | None = None
     capabilities: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiarStreamState:
+    """A streaming diarizer's memory of one session; numpy only, so it travels over Ray handles.
+
+    Start a session with no state (None); every step returns the next one. Any replica
+    serving the same model can take the next step.
+    """
+
+    arrays: dict[str, np.ndarray]
+    """The model's streaming state for batch size 1, trimmed to its valid rows: speaker
+    cache (+ its predictions), FIFO, silence profile, and the streaming parameters."""
+    pending: np.ndarray
+    """float32 16 kHz samples the next step still needs: the left context of the next
+    chunk (already seen once) followed by the samples not yet consumed by any step."""
+    frames: int
+    """Output frames emitted so far in this session."""
+    model: str
+    """The model the state belongs to (a state from another model is refused)."""
+    pending_start: int = 0
+    """Session sample index of `pending[0]`."""
+
+    @property
+    def samples(self) -> int:
+        """Samples received so far in this session."""
+        return self.pending_start + int(self.pending.shape[0])
+
+
+@dataclass(frozen=True)
+class DiarStreamStep:
+    """What one streaming step gives: activity of the frames it finalised, and the next state."""
+
+    probs: np.ndarray
+    """(new_frames, n_speakers) float32 sigmoid activity; row i is session frame start_frame + i."""
+    frame_s: float
+    """Seconds per row."""
+    start_frame: int
+    """Session frame index of probs[0] (the state's `frames` before this step)."""
+    state: DiarStreamState
