@@ -1,13 +1,16 @@
 """A realtime session's memory against its length: a 10-minute and a 3-hour session.
 
 Feeds a synthetic conversation through one `voxgraph.live.LiveSession` (server
-VAD, 16 kHz) over the tiny models in-process, as fast as the models allow, and
+VAD, 16 kHz) over the tiny models in-process (or, with `--models instant`,
+backends that answer at once: the models live in other deployments, so what a
+session holds does not depend on them), as fast as the models allow, and
 measures what the session holds at the end (its own count of audio, frames and
 voiceprints) and the peak of Python/numpy allocations while it ran (tracemalloc,
 which numpy reports to). Bounded memory means the same figures for both lengths.
 
     python bench/live_memory.py                    # 10 and 180 minutes, tiny models
     python bench/live_memory.py --minutes 2 30     # quicker
+    python bench/live_memory.py --models instant   # the session alone, 3 h in minutes
 """
 
 from __future__ import annotations
@@ -28,6 +31,41 @@ from bench.common import conversation, machine, model_paths, print_machine, tabl
 
 SR = 16_000
 BLOCK_S = 60  # audio generated and fed a minute at a time: the bench holds no hour of audio
+
+
+class InstantBackends:
+    """Answers at once: a word per half second, one voice per turn, a fixed voiceprint."""
+
+    async def transcribe(self, audio, **_):
+        from voxgraph.types import Segment, Transcript, Word
+
+        n = len(audio) / SR
+        words = tuple(Word("word", t / 2, t / 2 + 0.4) for t in range(int(n * 2) - 1))
+        seg = (Segment("word " * len(words), 0.0, n, words),) if words else ()
+        return Transcript(" ".join(w.text for w in words), words, seg, n)
+
+    async def diarize(self, audio):
+        import numpy as np
+
+        from voxgraph.live import turns_from_probs
+        from voxgraph.types import Diarization
+
+        hop = int(0.08 * SR)
+        frames = len(audio) // hop
+        rms = np.sqrt(np.mean(audio[: frames * hop].reshape(frames, hop) ** 2, axis=1))
+        probs = np.zeros((frames, 4), np.float32)
+        probs[:, 0] = (rms > 0.01).astype(np.float32)
+        return Diarization(tuple(turns_from_probs(probs, 0.08)), probs, 0.08, len(audio) / SR)
+
+    async def embed(self, clips):
+        import numpy as np
+
+        return np.ones((len(clips), 192), np.float32)
+
+    async def info(self, role, *, fresh=False):
+        from voxgraph.types import ModelInfo
+
+        return ModelInfo(role=role, model=f"instant-{role}", device="cpu", state="ready")
 
 
 async def one_session(backends, minutes: float, settings) -> dict[str, float]:
@@ -87,14 +125,19 @@ async def one_session(backends, minutes: float, settings) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 180])
-    ap.add_argument("--models", default="tiny", help="tiny, real or a directory of .nemo files")
+    ap.add_argument(
+        "--models", default="tiny", help="tiny, real, instant or a directory of .nemo files"
+    )
     args = ap.parse_args()
 
     from voxgraph.local import InProcessBackends
     from voxgraph.settings import Settings
 
     print_machine(machine(), sys.argv)
-    backends = InProcessBackends().load(model_paths(args.models))
+    if args.models == "instant":
+        backends = InstantBackends()
+    else:
+        backends = InProcessBackends().load(model_paths(args.models))
     settings = Settings.load()
     rows = []
     for minutes in args.minutes:

@@ -1,4 +1,4 @@
-"""`pip install voxgraph` is the client only: httpx and rich, never Ray, torch or NeMo.
+"""`pip install voxgraph` is the client only: httpx, rich and websockets, never Ray, torch or NeMo.
 
 The unit tests check what `voxgraph.client` and the `voxgraph` command import in this
 venv and what pyproject.toml declares. The integration test builds the wheel, installs
@@ -44,7 +44,7 @@ SERVER_ONLY = {
     "pyyaml": "yaml",
     "python-multipart": "multipart",
 }
-CLIENT_IMPORTS = "import voxgraph.client, voxgraph.cli"
+CLIENT_IMPORTS = "import voxgraph.client, voxgraph.cli, voxgraph.live_client"
 
 
 def _name(requirement: str) -> str:
@@ -57,7 +57,7 @@ def _name(requirement: str) -> str:
 
 def test_base_dependencies_are_the_client_only():
     base = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    assert base == {"httpx", "rich"}
+    assert base == {"httpx", "rich", "websockets"}
     server = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["server"]}
     assert set(SERVER_ONLY) <= server, set(SERVER_ONLY) - server
     assert PYPROJECT["project"]["scripts"]["voxgraph"] == "voxgraph.cli:main"
@@ -163,6 +163,12 @@ def test_client_only_install_runs_the_command(service, tmp_path):
     health = run("health")
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["status"] == "ready"
+
+    # The realtime route from the client-only install: the WAV is read and resampled
+    # to 24 kHz by the standard library, the session spoken over `websockets`.
+    live = run("live", str(rec / "call.wav"), "--speed", "4")
+    assert live.returncode == 0, live.stderr
+    assert "4.0 s of audio" in live.stderr, live.stderr
 
     diarized = run("diarize", str(rec / "call.wav"))
     assert diarized.returncode == 0, diarized.stderr

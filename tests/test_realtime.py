@@ -522,7 +522,7 @@ def test_a_failed_model_ends_the_session_with_a_retryable_close_code(app_over):
         ws.receive_text()
         ws.send_text(append(np.full(SR, 0.1, np.float32)))
         ws.send_text(json.dumps({"type": "input_audio_buffer.commit"}))
-        seen = _until(ws, "error")
+        seen = _until(ws, "conversation.item.input_audio_transcription.failed")
         assert seen[-1]["error"]["type"] == "server_error" and seen[-1]["item_id"]
         with pytest.raises(WebSocketDisconnect) as e:
             ws.receive_text()

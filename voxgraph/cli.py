@@ -5,6 +5,7 @@
     voxgraph transcribe call.wav --speaker "Ada Lovelace" --format diarized_json
     voxgraph speakers add "Ada Lovelace" ada-1.wav ada-2.wav
     voxgraph speakers list
+    voxgraph live call.wav --identify
     voxgraph health
 
 Each input gets one output, `<name>.<ext>` next to it (or under `--out`, with
@@ -13,6 +14,9 @@ exists is skipped, so an interrupted batch resumes where it stopped; outputs
 are written to a temporary file and renamed into place, so an existing output
 is always a complete one. A failing file is reported and the batch goes on;
 the exit status is 1 if any file failed.
+
+`voxgraph live FILE` streams one recording through the realtime route at real
+time and prints speaker-labelled lines as the service sends them.
 """
 
 from __future__ import annotations
@@ -586,6 +590,174 @@ def load_references(pairs: Sequence[tuple[str, Path]]) -> dict[str, bytes]:
     return out
 
 
+# --------------------------------------------------------------------------- live
+
+
+def live_clock(seconds: float) -> str:
+    """`00:12.3`, or `1:02:03.4` past an hour: a session's time in tenths of a second."""
+    tenths = max(0, round(seconds * 10))
+    m, tenth_s = divmod(tenths, 600)
+    h, m = divmod(m, 60)
+    sec = f"{tenth_s // 10:02d}.{tenth_s % 10}"
+    return f"{h}:{m:02d}:{sec}" if h else f"{m:02d}:{sec}"
+
+
+def live_line(
+    text: str,
+    speaker: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    confidence: float | None = None,
+) -> str:
+    """`[00:12.3–00:15.0] Speaker_0 (0.91): text`; the parts the server did not say left out."""
+    parts = []
+    if start is not None and end is not None:
+        parts.append(f"[{live_clock(start)}–{live_clock(end)}]")
+    if speaker:
+        parts.append(speaker)
+    if isinstance(confidence, int | float):
+        parts.append(f"({confidence:.2f})")
+    head = " ".join(parts)
+    return f"{head}: {text}" if head else text
+
+
+def _seconds(value: Any, scale: float = 1.0) -> float | None:
+    return value / scale if isinstance(value, int | float) else None
+
+
+class LivePrinter:
+    """Server events -> transcript lines on stdout: one per segment, or one per item
+    for an item that completed without segments. `--json` prints every event instead."""
+
+    def __init__(self, *, as_json: bool):
+        from rich.console import Console
+
+        self.as_json = as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.items: dict[str, dict[str, Any]] = {}
+        self.speakers: list[str] = []
+        self.segments = self.completed = 0
+
+    def _item(self, item_id: str | None) -> dict[str, Any]:
+        return self.items.setdefault(item_id or "", {"segments": 0})
+
+    def _print(self, line: str, speaker: str | None) -> None:
+        from rich.markup import escape
+
+        if speaker and speaker not in self.speakers:
+            self.speakers.append(speaker)
+        colour = ("cyan", "magenta", "green", "yellow", "blue", "red")
+        if speaker and self.out.is_terminal:
+            style = colour[self.speakers.index(speaker) % len(colour)]
+            escaped = escape(line).replace(escape(speaker), f"[{style}]{escape(speaker)}[/]", 1)
+            self.out.print(escaped)
+        else:
+            self.out.print(escape(line), markup=True)
+
+    def event(self, event: Any) -> None:
+        from voxgraph import live_client as lc
+
+        data = event.data
+        if self.as_json:
+            sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        item = self._item(event.item_id)
+        if event.type == lc.SPEECH_STARTED:
+            item["start"] = _seconds(data.get("audio_start_ms"), 1000)
+        elif event.type == lc.SPEECH_STOPPED:
+            item["end"] = _seconds(data.get("audio_end_ms"), 1000)
+        elif event.type == lc.SEGMENT:
+            item["segments"] += 1
+            self.segments += 1
+            text = str(data.get("text") or "").strip()
+            if text and not self.as_json:
+                speaker = data.get("speaker")
+                line = live_line(
+                    text,
+                    speaker,
+                    _seconds(data.get("start")),
+                    _seconds(data.get("end")),
+                    data.get("confidence"),
+                )
+                self._print(line, speaker)
+        elif event.type == lc.COMPLETED:
+            self.completed += 1
+            text = str(data.get("transcript") or "").strip()
+            if text and not item["segments"] and not self.as_json:
+                speaker = data.get("speaker")
+                self._print(live_line(text, speaker, item.get("start"), item.get("end")), speaker)
+
+
+async def _live_run(args: argparse.Namespace, path: Path) -> int:
+    from voxgraph import live_client as lc
+
+    options = lc.LiveOptions(
+        rate=args.rate,
+        manual_commit_s=args.manual_commit_s,
+        language=args.language,
+        model=args.model,
+        identify=args.identify,
+        known_speaker_names=tuple(args.speaker or ()),
+        speed=args.speed,
+    )
+    pcm = await asyncio.to_thread(lc.load_pcm16, path, options.rate)
+    client = lc.LiveClient(args.url, api_key=args.api_key, finish_timeout=args.timeout)
+    printer = LivePrinter(as_json=args.json)
+    failures = 0
+    t0 = time.monotonic()
+    async with await client.connect(options) as session:
+        if not args.quiet:
+            print(
+                f"voxgraph: live session on {client.url}; streaming {path.name} "
+                f"({len(pcm) / (2 * options.rate):.1f} s at {options.speed:g}x real time)",
+                file=sys.stderr,
+            )
+        async for event in client.stream(pcm, session=session):
+            if event.type in (lc.ERROR, lc.FAILED):
+                failures += 1
+                where = f" (item {event.item_id})" if event.item_id else ""
+                print(f"voxgraph: server error{where}: {lc.error_text(event)}", file=sys.stderr)
+            printer.event(event)
+    if not args.quiet:
+        speakers = ", ".join(printer.speakers) or "none"
+        print(
+            f"voxgraph: {printer.completed} items, {printer.segments} segments, "
+            f"speakers: {speakers}; {session.stats.audio_s:.1f} s of audio in "
+            f"{time.monotonic() - t0:.1f} s",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _live(args: argparse.Namespace) -> int:
+    from voxgraph.live_client import AudioFileError, SessionClosed
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"voxgraph: {path}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_live_run(args, path))
+    except ValueError as e:  # options out of range
+        print(f"voxgraph: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except AudioFileError as e:
+        print(f"voxgraph: {path}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except SessionClosed as e:
+        hint = " (retry later)" if e.retryable else ""
+        print(f"voxgraph: {e}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except VoxgraphClientError as e:
+        hint = " (is the service running? set --url or VOXGRAPH_URL)"
+        extra = hint if isinstance(e, APIConnectionError) else ""
+        print(f"voxgraph: {e}{extra}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("voxgraph: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 # --------------------------------------------------------------------------- arguments
 
 
@@ -593,6 +765,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
     return value
 
 
@@ -712,6 +891,36 @@ def build_parser() -> argparse.ArgumentParser:
         "health", parents=[connection], help="print the service's readiness (exit 1 if not ready)"
     )
 
+    lv = commands.add_parser(
+        "live",
+        parents=[connection],
+        help="stream a recording through the realtime route, printing lines as they come",
+        description="Stream FILE at real time (or --speed times it) over the realtime "
+        "transcription WebSocket and print one line per speaker segment as the service "
+        "sends it. Server errors go to stderr and make the exit status 1.",
+    )
+    lv.add_argument("file", metavar="FILE")
+    lv.add_argument("--speed", type=_positive_float, default=1.0, help="times real time (1.0)")
+    lv.add_argument(
+        "--rate", type=int, choices=(24000, 16000), default=24000, help="PCM16 rate sent (24000)"
+    )
+    lv.add_argument(
+        "--manual-commit-s",
+        type=_positive_float,
+        metavar="S",
+        help="no server VAD: commit every S seconds of audio",
+    )
+    lv.add_argument("--language", help="ISO 639-1 code (default: the model's)")
+    lv.add_argument("--model", help="transcription model (default: the service's)")
+    lv.add_argument(
+        "--identify", action="store_true", help="name speakers from the library of enrolled ones"
+    )
+    lv.add_argument(
+        "--speaker", action="append", metavar="NAME", help="look for this enrolled speaker"
+    )
+    lv.add_argument("--json", action="store_true", help="print every server event as JSON lines")
+    lv.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
+
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print the service's JSON")
     sp = commands.add_parser(
@@ -749,6 +958,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _health(args)
     if args.command == "speakers":
         return _speakers(args)
+    if args.command == "live":
+        return _live(args)
     if args.min_speakers and args.max_speakers and args.min_speakers > args.max_speakers:
         print("voxgraph: --min-speakers is larger than --max-speakers", file=sys.stderr)
         return EXIT_USAGE

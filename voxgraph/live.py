@@ -253,6 +253,7 @@ class LiveSession:
         self._vad: EnergyVad | None = self._new_vad()
         self._turn_start = 0  # first session sample of the uncommitted buffer
         self._speech_item: str | None = None  # item id announced by speech_started
+        self._heard = False  # VAD heard speech since the last commit
         self._last_item: str | None = None
         self._items: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -358,6 +359,7 @@ class LiveSession:
             return
         for ev in self._vad.feed(x):
             if ev.kind == "start":
+                self._heard = True
                 pad = int(self.config.vad.prefix_padding_ms * SAMPLE_RATE / 1000)  # type: ignore[union-attr]
                 self._turn_start = max(self._turn_start, ev.sample - pad, self.audio.start)
                 self._speech_item = new_id("item")
@@ -404,7 +406,9 @@ class LiveSession:
         tail = self._resampler.flush()
         self._resampler = _Resampler(self.config.rate)
         self.audio.append(tail)
-        if (self.audio.end - self._turn_start) < MIN_COMMIT_S * SAMPLE_RATE:
+        vad_silent = self._vad is not None and not self._vad.speaking and not self._heard
+        if (self.audio.end - self._turn_start) < MIN_COMMIT_S * SAMPLE_RATE or vad_silent:
+            # With server VAD, audio since the last stop that held no speech is not a turn.
             raise ProtocolError(
                 f"buffer too small: at least {MIN_COMMIT_S * 1000:.0f} ms of audio is needed "
                 "to commit",
@@ -419,6 +423,7 @@ class LiveSession:
         start = max(self._turn_start, self.audio.start)
         item = _Item(item_id or new_id("item"), start, end, self._last_item)
         self._turn_start, self._speech_item, self._last_item = end, None, item.id
+        self._heard = bool(self._vad is not None and self._vad.speaking)
         await self.emit(
             event("input_audio_buffer.committed", item_id=item.id, previous_item_id=item.previous)
         )
@@ -427,6 +432,7 @@ class LiveSession:
 
     async def _clear(self) -> None:
         self._turn_start = self.audio.end
+        self._heard = False
         self._speech_item = None
         if self._vad is not None:
             self._vad.reset(self.audio.end)
@@ -442,9 +448,7 @@ class LiveSession:
             try:
                 await self._transcribe(item)
             except VoxgraphError as e:
-                await self.emit(
-                    error_event(e.message, e.code, kind="server_error") | {"item_id": item.id}
-                )
+                await self.emit(_failed(item.id, e.message, e.code))
                 if isinstance(e, ServiceUnavailable):
                     self.failure = SessionClosed(1013, "a model is unavailable; retry")
                     return
@@ -455,9 +459,7 @@ class LiveSession:
                 raise
             except Exception as e:  # the session must report, not die silently
                 await self.emit(
-                    error_event(
-                        f"transcription failed: {type(e).__name__}", "internal", kind="server_error"
-                    )
+                    _failed(item.id, f"transcription failed: {type(e).__name__}", "internal")
                 )
                 self.failure = SessionClosed(1011, "internal error")
                 return
@@ -630,6 +632,16 @@ class LiveSession:
         frames = sum(p.nbytes for p in self._stream_probs)
         prints = sum(v.nbytes for v in self.speakers.voiceprints.values())
         return audio + frames + prints + self.speakers._act.nbytes
+
+
+def _failed(item_id: str, message: str, code: str) -> dict[str, Any]:
+    """OpenAI's per-item failure event."""
+    return event(
+        "conversation.item.input_audio_transcription.failed",
+        item_id=item_id,
+        content_index=0,
+        error={"type": "server_error", "code": code, "message": message, "param": None},
+    )
 
 
 def _ms(sample: int) -> int:
