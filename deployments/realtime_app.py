@@ -7,8 +7,10 @@ baseline in its process.
 
 Close codes: 1000 when the session ends normally (client goodbye, idle timeout,
 maximum length), 1008 for a refused client (API key, origin, intent), 1011 for
-an internal error, 1012 when the replica shuts down and 1013 when the replica is
-full or a model is unavailable: clients retry on 1012 and 1013.
+an internal error, 1012 when the session's task is cancelled (the replica is
+stopping) and 1013 when the replica is full or a model is unavailable: clients
+retry on 1012 and 1013. A replica that dies cannot say goodbye: Serve's proxy
+ends its sockets itself.
 """
 
 from __future__ import annotations

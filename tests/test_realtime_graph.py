@@ -180,3 +180,41 @@ def test_the_realtime_route_is_behind_the_api_key_and_reports_refusals(service):
 
     err, code = asyncio.run(go())
     assert err["error"]["code"] == "unsupported_intent" and code == 1008
+
+
+def test_a_dead_ingress_replica_ends_its_sessions_with_a_retryable_close(service):
+    """Kill the Ingress replica holding a session: the client is told at once, not left hanging."""
+    import time
+
+    import ray
+    import websockets
+    from ray import serve
+
+    from tests.conftest import deploy_ingress_variant
+    from tests.support import replica_actors
+
+    name, prefix = "realtime-victim", "/realtime-victim"
+    url = deploy_ingress_variant(service, name, prefix)
+    try:
+        ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+
+        async def go() -> tuple[int | None, float]:
+            async with websockets.connect(ws_url, open_timeout=30) as ws:
+                assert json.loads(await ws.recv())["type"] == "session.created"
+                victim, _ = replica_actors(name)["Ingress"]
+                killed = time.monotonic()
+                ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 60)
+                except websockets.ConnectionClosed as e:
+                    code = e.rcvd.code if e.rcvd is not None else None
+                return code, time.monotonic() - killed
+
+        code, after_s = asyncio.run(go())
+    finally:
+        serve.delete(name)
+    # Serve's proxy ends the socket itself: 1011 (server error) or an abnormal close;
+    # either way the client learns within seconds and reconnects.
+    assert after_s < 30
+    assert code in (None, 1006, 1011, 1012, 1013), code
