@@ -9,6 +9,7 @@ same app over in-process models.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from deployments.realtime_app import router as realtime_router
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
 from voxgraph.formats import TEXT_MEDIA_TYPES
+from voxgraph.json_body import SHAPE, is_json, parse_json_body
 from voxgraph.schemas import (
     DiarizeChunkOptions,
     DiarizeChunkResponse,
@@ -74,13 +76,18 @@ async def _voxgraph_error(_: Request, e: VoxgraphError) -> JSONResponse:
 
 
 async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-    problems = [_file_problem(err) or err for err in e.errors()]
+    json_too = route_path(request.scope) in JSON_ROUTES
+    problems = [_file_problem(err, json_too) or err for err in e.errors()]
     err = BadRequest(f"invalid request: {validation_problems(problems, skip=1)}")
     ingress_metrics().error(route_path(request.scope), err.code)
     return error_response(err)
 
 
-def _file_problem(err: Any) -> dict[str, Any] | None:
+# The routes that also take the JSON body {"inputs": "<base64 audio>", "parameters": {...}}.
+JSON_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/diarize"})
+
+
+def _file_problem(err: Any, json_too: bool = False) -> dict[str, Any] | None:
     if err.get("type") == "extra_forbidden" and isinstance(err.get("input"), StarletteUploadFile):
         # An upload under another name ('audio', 'upload'): the fix is the field name.
         msg = "is not a field of this route; send the audio as the multipart form field 'file'"
@@ -88,9 +95,11 @@ def _file_problem(err: Any) -> dict[str, Any] | None:
     if tuple(err["loc"][1:]) != ("file",):
         return None
     # A text value where the upload belongs (base64, a data: URI, a path): say what to send.
-    msg = (
-        "must be an uploaded file (a multipart/form-data part with a filename); "
-        "base64 text, data: URIs and paths are not accepted"
+    msg = "must be an uploaded file (a multipart/form-data part with a filename); " + (
+        f"send base64 text or a data: URL as 'inputs' of an application/json body {SHAPE} "
+        "instead (paths are never read)"
+        if json_too
+        else "base64 text, data: URIs and paths are not accepted"
     )
     return {"loc": err["loc"], "msg": msg}
 
@@ -152,7 +161,9 @@ async def read_clips(files: list[UploadFile]) -> list[bytes]:
     return clips
 
 
-async def read_upload(form: BaseModel) -> tuple[StarletteUploadFile, str, dict[str, Any]]:
+async def read_upload(
+    form: BaseModel, *, json_too: bool = False
+) -> tuple[StarletteUploadFile, str, dict[str, Any]]:
     """(the upload, file stem, options as sent) from a parsed upload form.
 
     The upload stays on starlette's spool: the walk reads its head, reserves the
@@ -161,12 +172,57 @@ async def read_upload(form: BaseModel) -> tuple[StarletteUploadFile, str, dict[s
     file = getattr(form, "file", None)
     # FastAPI hands over starlette's UploadFile (its own class is a subclass).
     if not isinstance(file, StarletteUploadFile):
-        raise BadRequest("no audio file: send it as the multipart form field 'file'")
+        also = f", or as base64 in an application/json body {SHAPE}" if json_too else ""
+        raise BadRequest(
+            f"no audio file: send it as the multipart form field 'file' (multipart/form-data){also}"
+        )
     if file.size == 0:
         raise BadRequest("the uploaded file is empty")
     # The name only labels RTTM lines; it never reaches a filesystem path.
     stem = PurePath(file.filename or "audio").stem or "audio"
     return file, stem, form.model_dump(exclude={"file"}, exclude_unset=True)
+
+
+async def read_audio_request(
+    request: Request, form: BaseModel, options: type[Options]
+) -> tuple[bytes | StarletteUploadFile, str, dict[str, Any]]:
+    """(audio, file stem, options as sent): the multipart form, or a JSON body by Content-Type.
+
+    A JSON body (`{"inputs": "<base64 audio>", "parameters": {...}}`) is read whole
+    (BodyLimitMiddleware caps it at 4/3 of MAX_UPLOAD_MB while it streams in), then
+    parsed and decoded off the event loop; the parser clears the buffer as it goes.
+    """
+    if not is_json(request.headers.get("content-type")):
+        return await read_upload(form, json_too=True)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+    max_bytes = int(_service(request).settings.max_upload_mb * 1024 * 1024)
+    parse = functools.partial(parse_json_body, body, options, max_bytes=max_bytes)
+    data, opts = await anyio.to_thread.run_sync(parse)
+    return data, "audio", opts
+
+
+MULTIPART = "multipart/form-data"  # what OpenAPI shows for a form (FastAPI says urlencoded)
+
+
+def json_request_body(options: type[Options]) -> dict[str, Any]:
+    """`openapi_extra` showing the JSON request body beside the multipart form."""
+    parameters = options.model_json_schema(ref_template="#/components/schemas/{model}")
+    parameters.pop("$defs", None)  # the form's schema puts them in components
+    parameters["description"] = "The multipart form's fields, by the same names."
+    inputs = {
+        "type": "string",
+        "description": "The audio file as base64, or a data: URL (data:audio/wav;base64,...).",
+    }
+    schema = {
+        "type": "object",
+        "title": f"{options.__name__.replace('Options', '')}JsonBody",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {"inputs": inputs, "parameters": parameters},
+    }
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
 
 
 def render(result: dict[str, Any] | str, fmt: str) -> Response:
@@ -313,17 +369,18 @@ async def http_models(request: Request) -> JSONResponse:
     summary="OpenAI-compatible transcription (optionally with speakers)",
     response_model=TranscriptionResponse | VerboseTranscriptionResponse,
     responses=ERRORS,
+    openapi_extra=json_request_body(TranscribeOptions),
 )
 async def http_transcriptions(
     request: Request,
-    form: Annotated[TranscribeForm, Form()],  # type: ignore[valid-type]
+    form: Annotated[TranscribeForm, Form(media_type=MULTIPART)],  # type: ignore[valid-type]
 ) -> Response:
-    data, _, options = await read_upload(form)
-    if form.stream:
+    data, _, options = await read_audio_request(request, form, TranscribeOptions)
+    if options.get("stream"):
         events = _service(request).transcribe_stream(data, **options)
         return await event_stream(events, route_path(request.scope))
     result = await _service(request).transcribe(data, **options)
-    return render(result, form.response_format)
+    return render(result, options.get("response_format", "json"))
 
 
 @router.post(
@@ -345,14 +402,15 @@ async def http_translations(
     summary="Who spoke when, consistent across the whole file",
     response_model=DiarizeResponse,
     responses=ERRORS,
+    openapi_extra=json_request_body(DiarizeOptions),
 )
 async def http_diarize(
     request: Request,
-    form: Annotated[DiarizeForm, Form()],  # type: ignore[valid-type]
+    form: Annotated[DiarizeForm, Form(media_type=MULTIPART)],  # type: ignore[valid-type]
 ) -> Response:
-    data, stem, options = await read_upload(form)
+    data, stem, options = await read_audio_request(request, form, DiarizeOptions)
     result = await _service(request).diarize(data, file_id=stem, **options)
-    return render(result, form.response_format)
+    return render(result, options.get("response_format", "json"))
 
 
 @router.post("/v1/speakers", summary="Enrol a named speaker from clips", responses=ERRORS)

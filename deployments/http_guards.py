@@ -28,6 +28,7 @@ from voxgraph.errors import (
     Unauthorized,
     VoxgraphError,
 )
+from voxgraph.json_body import is_json, json_body_limit
 from voxgraph.settings import Settings
 
 OPEN_PATHS = frozenset({"/health"})
@@ -104,6 +105,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _text_header(scope: Scope, name: bytes) -> str | None:
+    value = _header(scope, name)
+    return value.decode("latin-1") if value is not None else None
+
+
 class BodyLimitMiddleware:
     """413 from Content-Length when present, else by counting the streamed body."""
 
@@ -117,6 +123,13 @@ class BodyLimitMiddleware:
         limit_mb = _settings(scope).max_upload_mb
         limit = int(limit_mb * 1024 * 1024)
         too_large = PayloadTooLarge(f"upload is over the {limit_mb:g} MB limit (MAX_UPLOAD_MB)")
+        if is_json(_text_header(scope, b"content-type")):
+            # {"inputs": "<base64>", ...}: the limit is on the audio, base64 is 4/3 of it.
+            limit = json_body_limit(limit)
+            too_large = PayloadTooLarge(
+                f"upload is over the {limit_mb:g} MB limit (MAX_UPLOAD_MB; as base64 in a "
+                "JSON body the audio may take 4/3 of it)"
+            )
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             ingress_metrics().error(route_path(scope), too_large.code)

@@ -416,6 +416,7 @@ def test_websocket_session_end_to_end(app_over):
         assert json.loads(ws.receive_text())["type"] == "session.created"
         ws.send_text(json.dumps({"type": "session.update", "session": SESSION_16K}))
         assert json.loads(ws.receive_text())["type"] == "session.updated"
+        assert client.get("/").json()["realtime"] == {"sessions": 1, "max_sessions": 32}
         x = meeting([(0.1, 2), (0.2, 2)])
         for i in range(0, len(x), 1600):
             ws.send_text(

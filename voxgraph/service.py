@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from voxgraph import __version__
 from voxgraph.errors import BadRequest, VoxgraphError
+from voxgraph.json_body import parse_json_body
 from voxgraph.live import SessionRegistry
 from voxgraph.pipeline import ROLES, Backends, Pipeline, Upload
 from voxgraph.schemas import (
@@ -182,6 +183,31 @@ class VoxgraphService:
         self.observer.audio_received("/v1/audio/diarize", out.duration)
         return out.render(opts.response_format, str(file_id))
 
+    async def infer(
+        self, body: Mapping[str, Any] | str | bytes, route: str = "transcriptions"
+    ) -> dict[str, Any] | str:
+        """The HTTP routes' JSON body as a handle call: `{"inputs", "parameters"}`.
+
+        `handle.infer.remote({"inputs": b64, "parameters": {...}}, route="diarize")`
+        is `diarize(audio, **parameters)` (route `transcriptions` or `diarize`), with
+        the same checks and limits as the JSON body over HTTP. Callers holding the
+        bytes need none of this: `transcribe(audio, **options)` takes them directly.
+        """
+        model: type[TranscribeOptions | DiarizeOptions]
+        if route == "transcriptions":
+            model, operation = TranscribeOptions, self.transcribe
+        elif route == "diarize":
+            model, operation = DiarizeOptions, self.diarize
+        else:
+            raise BadRequest(f"route must be 'transcriptions' or 'diarize', not {route!r}")
+        max_bytes = int(self.settings.max_upload_mb * 1024 * 1024)
+        try:
+            audio, options = parse_json_body(body, model, max_bytes=max_bytes)
+        except VoxgraphError as e:
+            self.observer.error(f"/v1/audio/{route}", e.code)
+            raise
+        return await operation(audio, **options)
+
     @observed("/v1/audio/diarize-chunk")
     async def diarize_chunk(self, audio: bytes | Upload, **options: Any) -> dict[str, Any]:
         """Chunk-local speakers with confidence and one fingerprint per speaker."""
@@ -270,6 +296,10 @@ class VoxgraphService:
             "limits": {
                 "max_upload_mb": self.settings.max_upload_mb,
                 "max_audio_s": self.settings.max_audio_s,
+            },
+            "realtime": {
+                "sessions": len(self.live.sessions),
+                "max_sessions": self.settings.realtime_max_sessions,
             },
         }
 
