@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import speechlike
 
+pytestmark = pytest.mark.integration
+
 TURN_EVENTS = (
     "input_audio_buffer.committed",
     "conversation.item.input_audio_transcription.completed",
