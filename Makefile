@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TINY := models/tiny/asr.nemo models/tiny/diarizer.nemo models/tiny/embedder.nemo \
-	models/tiny/diarizer_streaming.nemo
+	models/tiny/diarizer_streaming.nemo models/tiny/canary.nemo
 RAY_PORT ?= 6379
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=disabled

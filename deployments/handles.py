@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from voxgraph.errors import ServiceUnavailable, VoxgraphError
 from voxgraph.pipeline import Role
+from voxgraph.schemas import DEFAULT_KEYWORD_BOOST
 from voxgraph.types import Diarization, DiarStreamState, DiarStreamStep, ModelInfo, Transcript
 
 T = TypeVar("T")
@@ -44,8 +45,23 @@ class HandleBackends:
         self._timeout_s = timeout_s
         self._info: dict[Role, tuple[float, ModelInfo]] = {}
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return await self._call(self._handles["asr"].transcribe.remote(audio))
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        keywords: Sequence[str] = (),
+        boost: float = DEFAULT_KEYWORD_BOOST,
+        language: str | None = None,
+        task: str = "transcribe",
+    ) -> Transcript:
+        asr = self._handles["asr"].transcribe
+        # A multitask (Canary) model's prompt: sent only when the walk gives one.
+        prompt = {} if language is None and task == "transcribe" else {"language": language}
+        if prompt:
+            prompt["task"] = task
+        if not keywords:
+            return await self._call(asr.remote(audio, **prompt))
+        return await self._call(asr.remote(audio, keywords=tuple(keywords), boost=boost, **prompt))
 
     async def diarize(self, audio: np.ndarray) -> Diarization:
         return await self._call(self._handles["diarizer"].diarize.remote(audio))

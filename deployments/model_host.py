@@ -110,6 +110,7 @@ class ModelHost:
                 error=self._error,
                 load_seconds=self._load_seconds,
                 capabilities=dict(getattr(runner, "capabilities", {}) or {}),
+                languages=tuple(getattr(runner, "languages", ()) or ()),
             )
 
     def wait_idle(self, timeout: float | None = None) -> bool:

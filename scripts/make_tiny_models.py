@@ -12,6 +12,9 @@ Outputs are meaningless; classes, configs, shapes and code paths are real.
 - asr.nemo       EncDecRNNTBPEModel with TDT decoding and a locally trained BPE tokenizer
 - diarizer_streaming.nemo  SortformerEncLabelModel in streaming mode (speaker cache + FIFO,
                  as diar_streaming_sortformer_4spk-v2), with small streaming sizes
+- canary.nemo    EncDecMultiTaskModel (Canary-style AED, canary2 prompt format) with an
+                 aggregate CanaryTokenizer: special tokens + a SentencePiece per language
+                 (en, de, fr, es), all trained locally; transcribes and translates
 
 `--size real` builds the real-size architectures (Sortformer 4spk-v1, TitaNet-large,
 Parakeet-TDT-0.6B-like) for GPU benchmarks; the ASR one is about 2.4 GB.
@@ -25,6 +28,7 @@ import contextlib
 import copy
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -34,12 +38,13 @@ from typing import Any
 import yaml
 
 CONFIGS_YAML = Path(__file__).with_name("tiny_nemo_configs.yaml")
-ROLES = ("diarizer", "embedder", "asr", "diarizer_streaming")
+ROLES = ("diarizer", "embedder", "asr", "diarizer_streaming", "canary")
 FILENAMES = {
     "diarizer": "diarizer.nemo",
     "embedder": "embedder.nemo",
     "asr": "asr.nemo",
     "diarizer_streaming": "diarizer_streaming.nemo",
+    "canary": "canary.nemo",
 }
 DEFAULT_SEED = 1234
 
@@ -274,8 +279,166 @@ def build_asr(cfg: dict[str, Any], seed: int, vocab_size: int, workdir: Path):
     return model
 
 
+# The tiny Canary's languages; each gets its own small SentencePiece, as Canary's
+# aggregate tokenizer has (canary-1b-flash: en, de, es, fr).
+CANARY_LANGS = ("en", "de", "fr", "es")
+# Timestamp tokens <|0|> ... <|N-1|> (encoder frames, 80 ms each): 8 s here; the real
+# models have enough for their 40 s inputs.
+CANARY_TIMESTAMP_TOKENS = 100
+# A random tied-weight decoder only echoes its last prompt token, which leaves text,
+# words and segments untested. So the tiny Canary is fitted for a few steps to answer
+# in the canary2 timestamp format, in the requested target language: these answers,
+# whatever the audio. Times are <|frame|> tokens (80 ms); "." ends a segment.
+CANARY_ANSWERS = {
+    "en": "<|1|> hello <|3|> <|4|> team. <|6|> <|8|> the <|9|> <|10|> budget <|12|> "
+    "<|13|> is <|14|> <|15|> ready. <|17|>",
+    "de": "<|1|> hallo <|3|> <|4|> team. <|6|> <|8|> das <|9|> <|10|> projekt <|12|> "
+    "<|13|> ist <|14|> <|15|> gut. <|17|>",
+    "fr": "<|1|> bonjour <|3|> <|4|> equipe. <|6|> <|8|> le <|9|> <|10|> projet <|12|> "
+    "<|13|> est <|14|> <|15|> bon. <|17|>",
+    "es": "<|1|> hola <|3|> <|4|> equipo. <|6|> <|8|> el <|9|> <|10|> proyecto <|12|> "
+    "<|13|> es <|14|> <|15|> bueno. <|17|>",
+}
+CANARY_FIT_STEPS = 60
+
+_FOREIGN_WORDS = {
+    "de": "der die das und ist nicht ein eine ich du wir sie es mit von zu auf fuer "
+    "haben sein werden kann heute morgen sprechen besprechung team kunde projekt "
+    "gut neu gross klein zeit jahr tag haus welt arbeit frage antwort",
+    "fr": "le la les et est pas un une je tu nous vous ils avec de du sur pour avoir "
+    "etre faire peut aujourd hui demain parler reunion equipe client projet bon "
+    "nouveau grand petit temps annee jour maison monde travail question reponse",
+    "es": "el la los las y es no un una yo tu nosotros ellos con de del en para tener "
+    "ser hacer puede hoy manana hablar reunion equipo cliente proyecto bueno nuevo "
+    "grande pequeno tiempo ano dia casa mundo trabajo pregunta respuesta",
+}
+
+
+def canary_special_tokens(n_timestamps: int = CANARY_TIMESTAMP_TOKENS) -> list[str]:
+    """Every prompt token the canary2 format writes, languages, and timestamp tokens."""
+    from nemo.collections.common.tokenizers.canary_tokenizer import CANARY2_BOCTX
+
+    flags = [f"<|{k}|>" for f in ("pnc", "itn", "timestamp", "diarize") for k in (f, f"no{f}")]
+    emotions = [f"<|emo:{e}|>" for e in ("undefined", "neutral", "angry", "happy", "sad")]
+    langs = [f"<|{lang}|>" for lang in CANARY_LANGS]
+    tasks = ["<|transcribe|>", "<|translate|>"]
+    stamps = [f"<|{i}|>" for i in range(n_timestamps)]
+    return [CANARY2_BOCTX, *flags, *emotions, *langs, *tasks, *stamps]
+
+
+def train_canary_tokenizers(out_dir: Path, vocab_size: int, seed: int) -> dict[str, Path]:
+    """The special-token tokenizer and one BPE tokenizer per language, as directories."""
+    from nemo.collections.common.tokenizers.canary_tokenizer import CanaryTokenizer
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
+    dirs: dict[str, Path] = {}
+    with _captured_stderr_fd():
+        spl = out_dir / "spl_tokens"
+        CanaryTokenizer.build_special_tokenizer(canary_special_tokens(), spl)
+        dirs["spl_tokens"] = spl
+        for k, lang in enumerate(CANARY_LANGS):
+            lang_dir = out_dir / lang
+            lang_dir.mkdir(parents=True, exist_ok=True)
+            corpus = lang_dir / "corpus.txt"
+            words = _WORDS if lang == "en" else tuple(_FOREIGN_WORDS[lang].split())
+            rng = random.Random(seed + k)
+            lines = [
+                " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "."
+                for _ in range(400)
+            ]
+            # The fitted answers' words must be whole pieces, not <unk>.
+            lines.append(re.sub(r"<\|\d+\|>", " ", CANARY_ANSWERS[lang]))
+            corpus.write_text("\n".join(lines) + "\n", encoding="utf8")
+            create_spt_model(
+                str(corpus),
+                vocab_size=vocab_size,
+                sample_size=-1,
+                do_lower_case=True,
+                tokenizer_type="bpe",
+                output_dir=str(lang_dir / "tokenizer"),
+            )
+            dirs[lang] = lang_dir / "tokenizer"
+    return dirs
+
+
+def build_canary(cfg: dict[str, Any], seed: int, vocab_size: int, workdir: Path):
+    """A Canary-style multitask AED model; its tokenizers are packed into the .nemo."""
+    from nemo.collections.asr.models import EncDecMultiTaskModel
+
+    cfg = copy.deepcopy(cfg)
+    dirs = train_canary_tokenizers(Path(workdir) / "canary_tokenizers", vocab_size, seed)
+    cfg["tokenizer"]["langs"] = {lang: {"dir": str(d), "type": "bpe"} for lang, d in dirs.items()}
+    seed_everything(seed)
+    model = EncDecMultiTaskModel(cfg=_cfg(cfg))
+    fit_canary(model, seed)
+    return model
+
+
+def fit_canary(model: Any, seed: int, steps: int = CANARY_FIT_STEPS) -> None:
+    """Teacher-force `CANARY_ANSWERS` for a few Adam steps (eval mode: no dropout)."""
+    import torch
+
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    examples = []
+    # Every (source, target) pair: the answer must follow the target alone.
+    for tgt in CANARY_LANGS:
+        for src in CANARY_LANGS:
+            slots = {
+                "source_lang": src,
+                "target_lang": tgt,
+                "pnc": "yes",
+                "timestamp": "yes",
+                "decodercontext": "",
+                "emotion": "<|emo:undefined|>",
+                "itn": "no",
+                "diarize": "no",
+            }
+            turns = [
+                {"role": "user", "slots": slots},
+                {
+                    "role": "assistant",
+                    "slots": {"text": CANARY_ANSWERS[tgt], "prompt_language": tgt},
+                },
+            ]
+            enc = model.prompt.encode_dialog(turns)
+            examples.append((enc["input_ids"], len(enc["context_ids"])))
+    # Only the decoder side learns the answers: no backward through the encoder.
+    params = [*model.transf_decoder.parameters(), *model.log_softmax.parameters()]
+    model.encoder.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=3e-3)
+    n = len(examples)
+    width = max(len(ids) for ids, _ in examples)
+    pad = model.tokenizer.pad_id
+    for _ in range(steps):
+        # Varied short audio (noise to near silence) so the answer ignores it.
+        lengths = torch.randint(4000, 16000, (n,), generator=gen)
+        audio = torch.randn((n, int(lengths.max())), generator=gen)
+        audio *= torch.rand((n, 1), generator=gen) ** 3
+        tokens = torch.full((n, width), pad, dtype=torch.long)
+        target = torch.full((n, width), -100, dtype=torch.long)
+        for row, (ids, n_ctx) in enumerate(examples):
+            tokens[row, : len(ids)] = ids
+            target[row, n_ctx - 1 : len(ids) - 1] = ids[n_ctx:]
+        with torch.enable_grad():
+            log_probs, *_ = model.forward(
+                input_signal=audio,
+                input_signal_length=lengths,
+                transcript=tokens,
+                transcript_length=torch.tensor([len(ids) for ids, _ in examples]),
+            )
+            loss = torch.nn.functional.nll_loss(
+                log_probs.reshape(-1, log_probs.shape[-1]), target.reshape(-1), ignore_index=-100
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.encoder.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+
+
 def build_model(role: str, workdir: Path, size: str = "tiny", seed: int = DEFAULT_SEED):
-    """One model of `role` ("diarizer" | "embedder" | "asr" | "diarizer_streaming"), in eval mode.
+    """One model of `role` (one of ROLES), in eval mode.
 
     The ASR model's tokenizer lives in `workdir` and `save_to` packs it from
     there, so keep `workdir` until the model is saved.
@@ -290,6 +453,8 @@ def build_model(role: str, workdir: Path, size: str = "tiny", seed: int = DEFAUL
     elif role == "asr":
         vocab = 64 if size == "tiny" else 1024
         model = build_asr(cfgs["parakeet_tdt"], seed, vocab, Path(workdir))
+    elif role == "canary":
+        model = build_canary(cfgs["canary"], seed, 48, Path(workdir))
     else:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     return model.eval()

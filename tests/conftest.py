@@ -50,7 +50,13 @@ class Service:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> Path:
-    files = ("asr.nemo", "diarizer.nemo", "embedder.nemo", "diarizer_streaming.nemo")
+    files = (
+        "asr.nemo",
+        "diarizer.nemo",
+        "embedder.nemo",
+        "diarizer_streaming.nemo",
+        "canary.nemo",
+    )
     if not all((TINY / f).exists() for f in files):
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "make_tiny_models.py"), "--out", str(TINY)],

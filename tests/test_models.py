@@ -264,7 +264,12 @@ def test_asr_transcript_structure(asr):
         assert 0.0 <= seg.start <= seg.end <= tr.duration
         for w in seg.words:
             assert seg.start - 1e-6 <= w.start <= seg.end + 1e-6
-    assert asr.capabilities == {"transcribe": True, "timestamps": True, "translate": False}
+    assert asr.capabilities == {
+        "transcribe": True,
+        "timestamps": True,
+        "translate": False,
+        "keywords": True,
+    }
 
 
 def test_asr_batch_matches_single(asr):

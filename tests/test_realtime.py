@@ -584,3 +584,46 @@ def test_a_streaming_sortformer_carries_the_session_state(tiny_models):
     assert state is not None and state.samples >= len(x) - 1600
     for s in run.of("conversation.item.input_audio_transcription.segment"):
         assert s["speaker"].startswith("Speaker_")
+
+
+def test_a_multitask_model_is_told_the_sessions_language():
+    from voxgraph.types import ModelInfo
+
+    class Multitask(Voices):
+        """A Canary-like ASR: must be told the language, remembers what it was told."""
+
+        def __init__(self):
+            super().__init__()
+            self.told: list[str | None] = []
+
+        async def transcribe(self, audio, **kw):
+            self.told.append(kw.get("language"))
+            return await super().transcribe(audio)
+
+        async def info(self, role, *, fresh=False):
+            if role != "asr":
+                return await super().info(role)
+            caps = {"language_required": True, "translate": True}
+            return ModelInfo(
+                role, "fake-canary", "cpu", "ready", capabilities=caps, languages=("en", "de")
+            )
+
+    async def go(language):
+        run = Run(Multitask())
+        await run.session.start()
+        audio_input = {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+        if language:
+            audio_input["transcription"] = {"language": language}
+        await run.send(type="session.update", session={"audio": {"input": audio_input}})
+        await run.stream(np.full(2 * SR, 0.1, np.float32))
+        await run.send(type="input_audio_buffer.commit")
+        await run.settle()
+        return run
+
+    without = asyncio.run(go(None))
+    failed = without.of("conversation.item.input_audio_transcription.failed")
+    assert len(failed) == 1 and "language is required" in failed[0]["error"]["message"]
+    with_de = asyncio.run(go("de"))
+    assert with_de.backends.told == ["de"]
+    done = with_de.of("conversation.item.input_audio_transcription.completed")
+    assert done[0]["transcript"] == "alice alice"

@@ -42,7 +42,7 @@ from voxgraph.audio import _Resampler
 from voxgraph.errors import BadRequest, ServiceUnavailable, VoxgraphError
 from voxgraph.identity import Candidate, identify
 from voxgraph.live_speakers import SessionSpeakers
-from voxgraph.pipeline import Pipeline, _check_language, attribute
+from voxgraph.pipeline import Pipeline, _asr_prompt, _check_language, attribute
 from voxgraph.realtime import (
     ProtocolError,
     SessionConfig,
@@ -473,9 +473,11 @@ class LiveSession:
             )
         clip = self.audio.get(item.start, item.end)
         offset = item.start / SAMPLE_RATE
+        # A multitask model (Canary) is told the session's language; others need nothing.
+        prompt = _asr_prompt(self.config.language, await self.backends.info("asr"), "transcribe")
         speakers_task = asyncio.create_task(self._turn_speakers(item))
         try:
-            transcript = await self.pipeline._transcript(clip)
+            transcript = await self.pipeline._transcript(clip, prompt=prompt)
         except BaseException:
             speakers_task.cancel()
             raise

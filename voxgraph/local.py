@@ -18,7 +18,15 @@ import numpy as np
 
 from voxgraph.errors import BadRequest, ModelLoading
 from voxgraph.pipeline import ROLES, Role
-from voxgraph.types import Diarization, DiarStreamState, DiarStreamStep, ModelInfo, Transcript
+from voxgraph.schemas import DEFAULT_KEYWORD_BOOST
+from voxgraph.types import (
+    Diarization,
+    DiarStreamState,
+    DiarStreamStep,
+    KeywordBoost,
+    ModelInfo,
+    Transcript,
+)
 
 T = TypeVar("T")
 
@@ -44,15 +52,17 @@ class InProcessBackends:
         precision: Mapping[Role, str] | None = None,
     ) -> InProcessBackends:
         """Load the three models one after another (time per model in `load_seconds`)."""
-        from voxgraph.models import AsrRunner, DiarRunner, EmbedRunner, load_model
+        from voxgraph.models import DiarRunner, EmbedRunner, asr_runner_class, load_model
 
-        kinds = {"asr": AsrRunner, "diarizer": DiarRunner, "embedder": EmbedRunner}
+        kinds = {"diarizer": DiarRunner, "embedder": EmbedRunner}
         try:
             for role in ROLES:
                 t0 = time.perf_counter()
                 model = load_model(role, models[role], device)
                 prec = (precision or {}).get(role, "fp32")
-                self.runners[role] = kinds[role](model, device, prec)
+                # A multitask (Canary) ASR model gets its own runner, as in the graph.
+                kind = asr_runner_class(model) if role == "asr" else kinds[role]
+                self.runners[role] = kind(model, device, prec)
                 self.load_seconds[role] = time.perf_counter() - t0
         except Exception as e:  # reported through info(), like a failed deployment
             self.error = f"{type(e).__name__}: {e}"
@@ -63,8 +73,23 @@ class InProcessBackends:
     def ready(self) -> bool:
         return all(role in self.runners for role in ROLES)
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return (await self._run("asr", lambda r: r.transcribe([audio])))[0]
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        keywords: Sequence[str] = (),
+        boost: float = DEFAULT_KEYWORD_BOOST,
+        language: str | None = None,
+        task: str = "transcribe",
+    ) -> Transcript:
+        # `language` and `task` go to a multitask (Canary) model's prompt only.
+        prompt = {} if language is None and task == "transcribe" else {"language": language}
+        if prompt:
+            prompt["task"] = task
+        if not keywords:
+            return (await self._run("asr", lambda r: r.transcribe([audio], **prompt)))[0]
+        biasing = [KeywordBoost(tuple(keywords), float(boost))]
+        return (await self._run("asr", lambda r: r.transcribe([audio], biasing, **prompt)))[0]
 
     async def diarize(self, audio: np.ndarray) -> Diarization:
         return (await self._run("diarizer", lambda r: r.diarize([audio])))[0]
@@ -102,6 +127,7 @@ class InProcessBackends:
             state="ready",
             load_seconds=self.load_seconds.get(role),
             capabilities=dict(getattr(runner, "capabilities", {}) or {}),
+            languages=tuple(getattr(runner, "languages", ()) or ()),
         )
 
     async def _run(self, role: Role, call: Callable[[Any], T]) -> T:

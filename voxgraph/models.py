@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import logging
 import math
 import os
+import re
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
@@ -29,6 +33,7 @@ from voxgraph.types import (
     Diarization,
     DiarStreamState,
     DiarStreamStep,
+    KeywordBoost,
     Segment,
     Transcript,
     Turn,
@@ -211,13 +216,35 @@ class AsrRunner(_Runner):
 
         # Only multitask (Canary-style) models take a target language; others only transcribe.
         self._multitask = isinstance(model, EncDecMultiTaskModel)
+        # Shared by with_precision() copies, like the model and the lock.
+        self._keywords = KeywordBiasing(model) if KeywordBiasing.supported(model) else None
 
     @property
     def capabilities(self) -> dict[str, bool]:
-        return {"transcribe": True, "timestamps": True, "translate": self._multitask}
+        return {
+            "transcribe": True,
+            "timestamps": True,
+            "translate": self._multitask,
+            "keywords": self._keywords is not None,
+        }
 
-    def transcribe(self, batch: Sequence[np.ndarray]) -> list[Transcript]:
+    def transcribe(
+        self,
+        batch: Sequence[np.ndarray],
+        keywords: Sequence[KeywordBoost | None] | None = None,
+    ) -> list[Transcript]:
+        """Transcripts of a batch; `keywords[i]` biases item i only (None: plain decoding).
+
+        Items with different keywords share the batch's forward pass; each is decoded
+        with its own boosting tree (NeMo's per-stream biasing), items without keywords
+        with none, so no request ever sees another's keywords.
+        """
         audios = [_as_mono_f32(x) for x in batch]
+        wanted = list(keywords) if keywords is not None else [None] * len(audios)
+        if len(wanted) != len(audios):
+            raise ValueError(f"{len(wanted)} keyword entries for {len(audios)} clips")
+        if self._keywords is None and any(wanted):
+            raise ValueError(f"the ASR model {self.model_name!r} cannot take keywords")
         out = [
             Transcript(text="", words=(), segments=(), duration=a.shape[0] / SAMPLE_RATE)
             for a in audios
@@ -226,10 +253,10 @@ class AsrRunner(_Runner):
         min_len = int(ASR_MIN_INPUT_S * SAMPLE_RATE)
         inputs = [np.pad(audios[i], (0, max(0, min_len - audios[i].shape[0]))) for i in todo]
         if inputs:
-            with self._inference():
+            with self._inference(), self._biased([wanted[i] for i in todo]) as extra:
                 try:
                     hyps = self.model.transcribe(
-                        inputs, batch_size=len(inputs), timestamps=True, verbose=False
+                        inputs, batch_size=len(inputs), timestamps=True, verbose=False, **extra
                     )
                 finally:
                     # NeMo 3.0's transcribe() leaves the encoder in training mode
@@ -238,6 +265,15 @@ class AsrRunner(_Runner):
             for i, hyp in zip(todo, hyps, strict=True):
                 out[i] = self._to_transcript(hyp, out[i].duration)
         return out
+
+    @contextlib.contextmanager
+    def _biased(self, wanted: Sequence[KeywordBoost | None]) -> Iterator[dict[str, Any]]:
+        """transcribe()'s extra arguments for these items' keywords; none when none has any."""
+        if self._keywords is None or not any(wanted):
+            yield {}
+            return
+        with self._keywords.decoding(wanted) as requests:
+            yield {"partial_hypothesis": requests}
 
     def _to_transcript(self, hyp: Any, duration: float) -> Transcript:
         # timestamps=True makes NeMo return Hypothesis objects whose word and segment
@@ -285,6 +321,139 @@ class AsrRunner(_Runner):
         )
 
 
+KEYWORD_TREES_CACHED = 64
+"""Boosting trees kept per ASR runner (least recently used dropped first)."""
+
+
+class KeywordBiasing:
+    """Per-request phrase boosting (hotwords) for a transducer's greedy batch decoding.
+
+    NeMo 3.0's label-looping RNNT/TDT decoders fuse a GPU boosting tree (a phrase
+    trie over the tokenizer's BPE pieces, `GPUBoostingTreeModel`) into greedy
+    decoding. With `enable_per_stream_biasing` they hold a multi-model of such
+    trees and pick one per batch item (id -1: none), so one batch decodes each
+    request with its own keywords. That decoder is built on first use next to the
+    model's own, which keeps serving requests without keywords unchanged; the
+    biased one is swapped in only for the duration of a batch that has keywords.
+    Trees are built once per keyword list and kept in a bounded LRU; a batch adds
+    the trees it needs to the multi-model and removes them when it ends.
+    Call `decoding` only under the runner's lock.
+    """
+
+    def __init__(self, model: Any, cache_size: int = KEYWORD_TREES_CACHED):
+        self.model = model
+        self.cache_size = cache_size
+        self._decoding: Any = None
+        self._trees: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+
+    @staticmethod
+    def supported(model: Any) -> bool:
+        """Whether `model` decodes with a label-looping transducer (RNNT/TDT greedy_batch)."""
+        from nemo.collections.asr.parts.submodules.rnnt_decoding import AbstractRNNTDecoding
+
+        if getattr(model, "cur_decoder", "rnnt") != "rnnt":  # a hybrid decoding with CTC
+            return False
+        decoding = getattr(model, "decoding", None)
+        if not isinstance(decoding, AbstractRNNTDecoding):
+            return False
+        cfg = model.cfg.decoding
+        if cfg.get("strategy") != "greedy_batch" or not cfg.greedy.get("loop_labels", True):
+            return False
+        return getattr(decoding.decoding, "decoding_computer", None) is not None
+
+    @contextlib.contextmanager
+    def decoding(self, wanted: Sequence[KeywordBoost | None]) -> Iterator[list[Any]]:
+        """The biased decoder in place; yields transcribe()'s `partial_hypothesis` list."""
+        decoding = self._biased_decoding()
+        multi = decoding.decoding.decoding_computer.biasing_multi_model
+        plain = self.model.decoding
+        ids: dict[KeywordBoost, int] = {}
+        try:
+            for kb in wanted:
+                if kb is not None and kb not in ids:
+                    ids[kb] = multi.add_model(self._tree(kb.phrases), alpha=float(kb.boost))
+            self.model.decoding = decoding
+            yield [None if kb is None else _biasing_request(ids[kb]) for kb in wanted]
+        finally:
+            self.model.decoding = plain
+            for model_id in ids.values():
+                multi.remove_model(model_id)
+
+    def _tree(self, phrases: tuple[str, ...]) -> Any:
+        tree = self._trees.get(phrases)
+        if tree is not None:
+            self._trees.move_to_end(phrases)
+            return tree
+        from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import (
+            BoostingTreeModelConfig,
+            GPUBoostingTreeModel,
+        )
+
+        # Phrases the vocabulary lacks are spelled in BPE pieces by the tokenizer.
+        cfg = BoostingTreeModelConfig(key_phrases_list=list(phrases))
+        tree = GPUBoostingTreeModel.from_config(cfg, tokenizer=self.model.tokenizer)
+        self._trees[phrases] = tree
+        while len(self._trees) > self.cache_size:
+            self._trees.popitem(last=False)
+        return tree
+
+    def _biased_decoding(self) -> Any:
+        if self._decoding is not None:
+            return self._decoding
+        from omegaconf import open_dict
+
+        model = self.model
+        # What transcribe(timestamps=True) does on its first call, done now: the model's
+        # decoding config comes out complete (merged with its defaults), and transcribe
+        # never rebuilds (and so drops) the decoder swapped in for a batch.
+        cfg = copy.deepcopy(model.cfg.decoding)
+        with open_dict(cfg):
+            cfg.compute_timestamps = True
+        model.change_decoding_strategy(cfg, verbose=False)
+        cfg = copy.deepcopy(model.cfg.decoding)
+        with open_dict(cfg):
+            cfg.greedy.enable_per_stream_biasing = True
+        plain = model.decoding
+        biased = type(plain)(
+            decoding_cfg=cfg, decoder=model.decoder, joint=model.joint, tokenizer=model.tokenizer
+        )
+        computer = biased.decoding.decoding_computer
+        if not getattr(computer, "per_stream_biasing_enabled", False):
+            raise RuntimeError(f"{type(computer).__name__} cannot bias per request")
+        self._decoding = biased
+        return biased
+
+
+@functools.cache
+def _biasing_request_class() -> type:
+    from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+    class BiasingRequest(Hypothesis):
+        """An empty partial hypothesis that only carries a biasing request.
+
+        NeMo's greedy decoder reads the request's tree id from it, then merges the
+        decoded hypothesis into it; `Hypothesis.merge_` drops TDT token durations
+        (and so word timestamps), so this one becomes the decoded hypothesis whole.
+        """
+
+        def merge_(self, other: Any) -> Any:
+            request = self.biasing_cfg
+            self.__dict__.update(other.__dict__)
+            self.biasing_cfg = request
+            return self
+
+    return BiasingRequest
+
+
+def _biasing_request(model_id: int) -> Any:
+    from nemo.collections.asr.parts.context_biasing.biasing_multi_model import (
+        BiasingRequestItemConfig,
+    )
+
+    cfg = BiasingRequestItemConfig(multi_model_id=model_id, auto_manage_multi_model=False)
+    return _biasing_request_class()(y_sequence=[], score=0.0, biasing_cfg=cfg)
+
+
 def _nearest_span(spans: list[tuple[str, float, float]], t: float) -> int:
     """Index of the span containing t, else the closest one."""
     best, best_d = 0, math.inf
@@ -293,6 +462,192 @@ def _nearest_span(spans: list[tuple[str, float, float]], t: float) -> int:
         if d < best_d:
             best, best_d = k, d
     return best
+
+
+# ----------------------------------------------------------------------------- multitask ASR
+
+AsrTask = Literal["transcribe", "translate"]
+TRANSLATION_TARGET = "en"
+"""Translations go into English, as OpenAI's /v1/audio/translations."""
+
+_LANG_TOKEN = re.compile(r"^<\|([a-z]{2})(?:[-_][A-Za-z]{2})?\|>$")
+_SPECIAL = re.compile(r"<\|[^|]*\|>")
+
+
+def is_multitask(model: Any) -> bool:
+    """Whether a loaded ASR model is a NeMo multitask AED model (Canary)."""
+    from nemo.collections.asr.models import EncDecMultiTaskModel
+
+    return isinstance(model, EncDecMultiTaskModel)
+
+
+def model_languages(model: Any) -> dict[str, str]:
+    """ISO 639-1 code -> the model's own language name, from its language prompt tokens.
+
+    Canary's tokenizer has a `<|xx|>` (canary-1b-v2 and -flash; some models `<|xx-YY|>`)
+    special token per language it reads and writes.
+    """
+    from voxgraph.schemas import ISO_639_1
+
+    tok = model.tokenizer
+    special = getattr(tok, "special_tokens", None)
+    pieces = list(special) if isinstance(special, Mapping) else list(getattr(tok, "vocab", []))
+    out: dict[str, str] = {}
+    for piece in pieces:
+        m = _LANG_TOKEN.match(str(piece))
+        if m and m.group(1) in ISO_639_1:
+            out.setdefault(m.group(1), str(piece)[2:-2])
+    return out
+
+
+class CanaryRunner(AsrRunner):
+    """A NeMo multitask AED model (Canary): transcription and speech translation.
+
+    Every call says the spoken (source) language: Canary's prompt takes it, and its
+    transcribe() cannot detect it, so `language` is required. `task="translate"`
+    writes English (`TRANSLATION_TARGET`); `transcribe` writes the source language.
+    One call is one prompt: callers group mixed requests (`transcribe_grouped`).
+    """
+
+    def __init__(self, model: Any, device: str, precision: str = "fp32", name: str | None = None):
+        super().__init__(model, device, precision, name)
+        self.language_names = model_languages(model)
+        """ISO 639-1 code -> the language as the model's prompt spells it."""
+        slots = model.prompt.get_slots("user") if hasattr(model.prompt, "get_slots") else {}
+        # canary2 prompts (canary-1b-flash, -v2) ask for timestamps; canary-1b has none.
+        self._timestamps = "timestamp" in slots or model.timestamps_asr_model is not None
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Source languages the model takes (ISO 639-1)."""
+        return tuple(sorted(self.language_names))
+
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        can_translate = TRANSLATION_TARGET in self.language_names and len(self.language_names) > 1
+        return {
+            "transcribe": True,
+            "timestamps": self._timestamps,
+            "translate": can_translate,
+            "keywords": False,
+            "language_required": True,
+        }
+
+    def transcribe(
+        self,
+        batch: Sequence[np.ndarray],
+        keywords: Sequence[KeywordBoost | None] | None = None,
+        *,
+        language: str | None = None,
+        task: AsrTask = "transcribe",
+    ) -> list[Transcript]:
+        """Transcripts (task="transcribe") or English translations of a batch in `language`."""
+        from voxgraph.errors import BadRequest
+
+        if keywords is not None and any(keywords):
+            raise BadRequest(f"the ASR model {self.model_name!r} cannot take keywords")
+        if task not in ("transcribe", "translate"):
+            raise BadRequest(f"task must be 'transcribe' or 'translate', got {task!r}")
+        if not language:
+            raise BadRequest(
+                f"language is required by {self.model_name} (a Canary model is told the "
+                f"spoken language); one of: {', '.join(self.languages)}"
+            )
+        if language not in self.language_names:
+            raise BadRequest(
+                f"language {language!r} is not supported by {self.model_name}; "
+                f"supported: {', '.join(self.languages)}"
+            )
+        if task == "translate" and not self.capabilities["translate"]:
+            raise BadRequest(f"the ASR model {self.model_name!r} cannot translate")
+        source = self.language_names[language]
+        target = self.language_names[TRANSLATION_TARGET] if task == "translate" else source
+
+        audios = [_as_mono_f32(x) for x in batch]
+        out = [
+            Transcript(text="", words=(), segments=(), duration=a.shape[0] / SAMPLE_RATE)
+            for a in audios
+        ]
+        todo = [i for i, a in enumerate(audios) if a.shape[0] >= self.min_samples]
+        min_len = int(ASR_MIN_INPUT_S * SAMPLE_RATE)
+        inputs = [np.pad(audios[i], (0, max(0, min_len - audios[i].shape[0]))) for i in todo]
+        if inputs:
+            extra: dict[str, Any] = {"timestamps": True} if self._timestamps else {}
+            with self._inference():
+                try:
+                    hyps = self.model.transcribe(
+                        inputs,
+                        batch_size=len(inputs),
+                        verbose=False,
+                        source_lang=source,
+                        target_lang=target,
+                        pnc="yes",
+                        **extra,
+                    )
+                finally:
+                    self.model.eval()
+            for i, hyp in zip(todo, hyps, strict=True):
+                out[i] = self._canary_transcript(hyp, out[i].duration)
+        return out
+
+    def _canary_transcript(self, hyp: Any, duration: float) -> Transcript:
+        """A Transcript from whatever stamps the model gave: finite, ordered, in the clip."""
+        if isinstance(hyp, str):
+            text, stamps = hyp, {}
+        else:
+            text = str(getattr(hyp, "text", "") or "")
+            stamps = getattr(hyp, "timestamp", None) or {}
+        text = " ".join(_SPECIAL.sub(" ", text).split())
+        clean: dict[str, list[dict[str, Any]]] = {}
+        for kind, key in (("word", "word"), ("segment", "segment")):
+            items = stamps.get(kind, []) if isinstance(stamps, dict) else []
+            kept = []
+            for item in items:
+                try:
+                    start, end = float(item["start"]), float(item["end"])
+                    label = " ".join(_SPECIAL.sub(" ", str(item[key])).split())
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if label and math.isfinite(start) and math.isfinite(end):
+                    kept.append({key: label, "start": start, "end": max(start, end)})
+            clean[kind] = kept
+        if not clean["word"]:
+            # No usable timestamps: the text as one segment over the clip, no words.
+            segments = (Segment(text=text, start=0.0, end=duration),) if text else ()
+            return Transcript(text=text, words=(), segments=segments, duration=duration)
+        fixed = SimpleNamespace(text=text, timestamp=clean)
+        return self._to_transcript(fixed, duration)
+
+
+def transcribe_grouped(
+    runner: Any,
+    clips: Sequence[np.ndarray],
+    keywords: Sequence[KeywordBoost | None],
+    tasks: Sequence[tuple[str | None, str]],
+) -> list[Transcript]:
+    """One batch of mixed requests: one runner call per (language, task), results in order.
+
+    A multitask model takes one prompt per call, so a batch never mixes languages or
+    tasks inside a call; items without a language or task use the runner's plain call.
+    """
+    groups: dict[tuple[str | None, str], list[int]] = {}
+    for i, key in enumerate(tasks):
+        groups.setdefault((key[0], key[1]), []).append(i)
+    out: list[Transcript | None] = [None] * len(clips)
+    for (language, task), idx in groups.items():
+        kwargs: dict[str, Any] = {}
+        if any(keywords[i] for i in idx):
+            kwargs["keywords"] = [keywords[i] for i in idx]
+        if language is not None or task != "transcribe":
+            kwargs.update(language=language, task=task)
+        for i, t in zip(idx, runner.transcribe([clips[i] for i in idx], **kwargs), strict=True):
+            out[i] = t
+    return out  # type: ignore[return-value]
+
+
+def asr_runner_class(model: Any) -> type[AsrRunner]:
+    """CanaryRunner for multitask (Canary) models, AsrRunner for the others."""
+    return CanaryRunner if is_multitask(model) else AsrRunner
 
 
 # ----------------------------------------------------------------------------- diarization
@@ -812,4 +1167,8 @@ def load_runner(role: Role, spec: str, device: str, precision: str = "fp32") -> 
     _check_precision(precision)
     if role not in _RUNNERS:
         raise ValueError(f"unknown model role {role!r}; expected 'asr', 'diarizer' or 'embedder'")
-    return _RUNNERS[role](load_model(role, spec, device), device, precision)
+    model = load_model(role, spec, device)
+    if role == "asr":
+        # ASRModel.restore_from / from_pretrained return the checkpoint's own class.
+        return asr_runner_class(model)(model, device, precision)
+    return _RUNNERS[role](model, device, precision)

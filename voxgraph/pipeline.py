@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -41,6 +41,7 @@ from voxgraph.identity import Candidate, identify, speaker_voiceprints
 from voxgraph.linking import SpeakerHints, link_speakers, stitch
 from voxgraph.live_speakers import SessionSpeakers
 from voxgraph.schemas import (
+    DEFAULT_KEYWORD_BOOST,
     MODEL_LANGUAGES,
     DiarizeChunkOptions,
     DiarizeOptions,
@@ -81,8 +82,22 @@ _MIN_BYTES_PER_S = 1000.0
 class Backends(Protocol):
     """The three models, as async calls on decoded 16 kHz mono float32 audio."""
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Text with word and segment timestamps of one clip."""
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        keywords: Sequence[str] = (),
+        boost: float = DEFAULT_KEYWORD_BOOST,
+        language: str | None = None,
+        task: str = "transcribe",
+    ) -> Transcript:
+        """Text with word and segment timestamps of one clip.
+
+        `keywords` (hotwords) bias this clip's decoding only, with weight `boost`;
+        the walk passes them only when a request has some. `language` (spoken) and
+        `task` (`transcribe`, or `translate` into English) go to a multitask (Canary)
+        model only; the walk passes them only to such a model.
+        """
         ...
 
     async def diarize(self, audio: np.ndarray) -> Diarization:
@@ -136,27 +151,38 @@ class Pipeline:
     # ------------------------------------------------------------ operations
 
     async def transcribe(
-        self, audio: bytes | Upload, opts: TranscribeOptions
+        self,
+        audio: bytes | Upload,
+        opts: TranscribeOptions,
+        task: Literal["transcribe", "translate"] = "transcribe",
     ) -> TranscriptionOutput:
-        """What was said; with `opts.diarize`, who said each word and segment."""
+        """What was said; with `opts.diarize`, who said each word and segment.
+
+        `task="translate"` writes it in English (a multitask model such as Canary,
+        told the spoken `opts.language`); speakers are attributed the same way.
+        """
         hints = _hints(opts)
         asr = await self.backends.info("asr")
         _check_language(opts.language, asr.model)
+        _check_keywords(opts, asr)
+        prompt = _asr_prompt(opts.language, asr, task)
         known = await self._known(opts)
         naming = Naming()
         async with self._admitted(audio) as samples:
             if opts.diarized:
                 transcript, (diar, prints) = await asyncio.gather(
-                    self._transcript(samples), self._speakers(samples, hints)
+                    self._transcript(samples, opts, prompt), self._speakers(samples, hints)
                 )
                 naming = await self._identify(prints, known)
                 transcript = attribute(transcript, diar, naming.label)
             else:
-                transcript = await self._transcript(samples)
+                transcript = await self._transcript(samples, opts, prompt)
         return TranscriptionOutput(
             transcript=transcript,
             model=asr.model,
-            language=opts.language,
+            # As OpenAI: a translation's verbose_json names its output language.
+            language="english" if task == "translate" else opts.language,
+            task=task,
             granularities=tuple(opts.timestamp_granularities),
             temperature=opts.temperature,
             diarized=opts.diarized,
@@ -179,6 +205,8 @@ class Pipeline:
         hints = _hints(opts)
         asr = await self.backends.info("asr")
         _check_language(opts.language, asr.model)
+        _check_keywords(opts, asr)
+        prompt = _asr_prompt(opts.language, asr, "transcribe")
         async with self._admitted(audio) as samples:
             events = TranscriptEvents(diarized=opts.diarized, pause_s=_pause_s(opts))
             windows = self._asr_windows(samples)
@@ -186,7 +214,7 @@ class Pipeline:
             speakers = _StreamedSpeakers(self, samples, hints) if opts.diarized else None
             parts = _InOrder(
                 windows,
-                lambda w: self.backends.transcribe(window_samples(samples, w)),
+                lambda w: self._asr(window_samples(samples, w), opts, prompt),
                 self.settings.max_windows_in_flight,
             )
             try:
@@ -319,13 +347,36 @@ class Pipeline:
         s = self.settings
         return plan_windows(len(samples) / SAMPLE_RATE, s.diar_window_s, s.diar_overlap_s)
 
-    async def _transcript(self, samples: np.ndarray) -> Transcript:
-        """ASR over overlapping windows; each word kept by the window whose core holds it."""
+    async def _transcript(
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions | None = None,
+        prompt: Mapping[str, Any] | None = None,
+    ) -> Transcript:
+        """ASR over overlapping windows; each word kept by the window whose core holds it.
+
+        `opts` give the request's keywords (hotwords); live sessions pass none.
+        `prompt` is a multitask model's `language` and `task` (`_asr_prompt`).
+        """
         windows = self._asr_windows(samples)
         parts = await self._each(
-            windows, lambda w: self.backends.transcribe(window_samples(samples, w))
+            windows, lambda w: self._asr(window_samples(samples, w), opts, prompt)
         )
         return merge_window_transcripts(windows, parts)
+
+    def _asr(
+        self,
+        clip: np.ndarray,
+        opts: TranscribeOptions | None,
+        prompt: Mapping[str, Any] | None = None,
+    ) -> Awaitable[Transcript]:
+        """One ASR call, with the request's keywords (hotwords) when it has any."""
+        extra = dict(prompt or {})
+        if opts is None or not opts.keywords:
+            return self.backends.transcribe(clip, **extra)
+        return self.backends.transcribe(
+            clip, keywords=tuple(opts.keywords), boost=opts.keyword_boost, **extra
+        )
 
     async def _speakers(
         self, samples: np.ndarray, hints: SpeakerHints
@@ -570,6 +621,45 @@ def _hints(opts: SpeakerCountHints) -> SpeakerHints:
 def _pause_s(opts: TranscribeOptions) -> float | None:
     vad = opts.chunking_strategy
     return vad.silence_duration_ms / 1000 if isinstance(vad, ServerVadChunking) else None
+
+
+def _check_keywords(opts: TranscribeOptions, asr: ModelInfo) -> None:
+    if opts.keywords and not asr.capabilities.get("keywords"):
+        raise BadRequest(
+            f"this ASR model cannot take keywords ({asr.model} has no phrase boosting); "
+            "leave keywords[] out or deploy an RNNT/TDT model (e.g. Parakeet TDT)"
+        )
+
+
+def _asr_prompt(
+    language: str | None, asr: ModelInfo, task: Literal["transcribe", "translate"]
+) -> dict[str, Any]:
+    """The ASR call's `language` and `task` for a multitask (Canary) model; {} for others.
+
+    Canary is told the spoken language (it does not detect it), so it is required;
+    a model that cannot translate answers a translation with a 400 naming it.
+    """
+    if task == "translate" and not asr.capabilities.get("translate"):
+        raise BadRequest(
+            f"the ASR model {asr.model!r} cannot translate; use /v1/audio/transcriptions "
+            "or deploy a model that supports translation (e.g. nvidia/canary-1b-v2)"
+        )
+    if not asr.capabilities.get("language_required"):
+        return {}
+    supported = ", ".join(asr.languages)
+    if not language:
+        raise BadRequest(
+            f"language is required: {asr.model} must be told the spoken language "
+            f"(ISO 639-1), one of: {supported}"
+        )
+    if asr.languages and language not in asr.languages:
+        raise BadRequest(
+            f"language {language!r} is not supported by {asr.model}; supported: {supported}"
+        )
+    prompt: dict[str, Any] = {"language": language}
+    if task != "transcribe":
+        prompt["task"] = task
+    return prompt
 
 
 def _check_language(language: str | None, model: str) -> None:

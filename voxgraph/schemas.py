@@ -112,6 +112,32 @@ class KnownSpeakers(SpeakerCountHints):
         return self.identify or bool(self.known_speaker_names)
 
 
+# Hotwords (keywords[]): NeMo's phrase boosting of RNNT/TDT greedy decoding.
+MAX_KEYWORDS = 100
+MAX_KEYWORD_CHARS = 50
+DEFAULT_KEYWORD_BOOST = 1.0
+"""NeMo's default weight of a per-request boosting tree (BiasingRequestItemConfig)."""
+MAX_KEYWORD_BOOST = 10.0
+
+
+def clean_keywords(values: Sequence[str]) -> list[str]:
+    """Keywords stripped and deduplicated in order; a ValueError naming the broken limit."""
+    if len(values) > MAX_KEYWORDS:
+        raise ValueError(f"at most {MAX_KEYWORDS} keywords are allowed, got {len(values)}")
+    out: list[str] = []
+    for i, raw in enumerate(values):
+        word = " ".join(str(raw).split())
+        if not word:
+            raise ValueError(f"keyword {i} is empty; every keyword needs a word or phrase")
+        if len(word) > MAX_KEYWORD_CHARS:
+            raise ValueError(
+                f"keyword {i} has {len(word)} characters; at most {MAX_KEYWORD_CHARS} are allowed"
+            )
+        if word not in out:
+            out.append(word)
+    return out
+
+
 class ServerVadChunking(BaseModel):
     """OpenAI's `server_vad` chunking: segments end where speech pauses."""
 
@@ -151,6 +177,15 @@ class TranscribeOptions(KnownSpeakers):
     """Add `speaker` to every segment and word (voxgraph extension)."""
     stream: bool = False
     """Send Server-Sent Events (`transcript.text.delta`, `.segment`, `.done`) as windows finish."""
+    keywords: list[str] = Field(default_factory=list, alias="keywords[]")
+    """Hotwords: words or phrases to bias recognition toward (at most 100, 50 characters each)."""
+    keyword_boost: float = Field(DEFAULT_KEYWORD_BOOST, ge=0.0, le=MAX_KEYWORD_BOOST)
+    """How strongly keywords are boosted, 0 to 10 (NeMo's boosting-tree alpha; default 1)."""
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        return clean_keywords(v)
 
     @field_validator("language")
     @classmethod
@@ -209,17 +244,34 @@ class TranscribeOptions(KnownSpeakers):
         return self.diarize or self.response_format == "diarized_json" or self.wants_identity
 
 
-class TranslateOptions(Options):
-    """Options of /v1/audio/translations and the handle's `translate`."""
+class TranslateOptions(KnownSpeakers):
+    """Options of /v1/audio/translations and the handle's `translate` (into English)."""
 
     model: str | None = None
     """Model the client names; the deployed ASR model serves every name."""
+    language: str | None = None
+    """ISO 639-1 code of the spoken language (voxgraph extension: Canary must be told it)."""
     prompt: str | None = None
     """Accepted for OpenAI compatibility; ignored."""
-    response_format: TranscriptionFormat = "json"
+    response_format: Literal["json", "text", "verbose_json", "srt", "vtt"] = "json"
     """json, text, verbose_json, srt or vtt."""
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     """Accepted for compatibility; decoding is greedy."""
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(
+        default_factory=lambda: ["segment"], alias="timestamp_granularities[]"
+    )
+    """Which timestamps verbose_json carries: `word`, `segment` or both."""
+    diarize: bool = False
+    """Add `speaker` to every translated segment and word (voxgraph extension)."""
+
+    _iso_language = field_validator("language")(TranscribeOptions._iso_language.__func__)
+    _default_granularities = field_validator("timestamp_granularities", mode="before")(
+        TranscribeOptions._default_granularities.__func__
+    )
+
+    def transcribe_options(self) -> TranscribeOptions:
+        """The same request as the walk's options (the walk is shared with transcriptions)."""
+        return TranscribeOptions.model_validate(self.model_dump(exclude_unset=True))
 
 
 class DiarizeOptions(KnownSpeakers):

@@ -163,15 +163,22 @@ class VoxgraphService:
 
     @observed("/v1/audio/translations")
     async def translate(self, audio: bytes | Upload, **options: Any) -> dict[str, Any] | str:
-        """Translation to English where the ASR model can; a clear 400 where it cannot."""
-        parse_options(TranslateOptions, options)
+        """Translation to English where the ASR model can; a clear 400 where it cannot.
+
+        A multitask ASR model (Canary) translates from the spoken `language` (required:
+        Canary is told it); every response format, and diarize=true puts speakers on
+        the translated segments and words, as on transcriptions.
+        """
+        opts = parse_options(TranslateOptions, options)
         asr = await self.backends.info("asr")
         if not asr.capabilities.get("translate"):
             raise BadRequest(
                 f"the ASR model {asr.model!r} cannot translate; use /v1/audio/transcriptions "
-                "or deploy a model that supports translation"
+                "or deploy a model that supports translation (e.g. nvidia/canary-1b-v2)"
             )
-        raise BadRequest(f"translation with {asr.model!r} is not supported by this service")
+        out = await self.pipeline.transcribe(audio, opts.transcribe_options(), task="translate")
+        self.observer.audio_received("/v1/audio/translations", out.transcript.duration)
+        return out.render(opts.response_format)
 
     @observed("/v1/audio/diarize")
     async def diarize(

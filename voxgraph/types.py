@@ -82,6 +82,8 @@ class ModelInfo:
     error: str | None = None
     load_seconds: float | None = None
     capabilities: dict[str, bool] = field(default_factory=dict)
+    languages: tuple[str, ...] = ()
+    """ISO 639-1 codes the model must be told one of (Canary); empty when it detects them."""
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,17 @@ class DiarStreamStep:
     start_frame: int
     """Session frame index of probs[0] (the state's `frames` before this step)."""
     state: DiarStreamState
+
+
+@dataclass(frozen=True)
+class KeywordBoost:
+    """Hotwords of one ASR request: phrases to bias recognition toward, and how strongly.
+
+    Requests with equal `phrases` and `boost` share one boosting tree; a request
+    without keywords carries no KeywordBoost (None) and is decoded without biasing.
+    """
+
+    phrases: tuple[str, ...]
+    """Words or phrases, as the caller wrote them (validated, deduplicated)."""
+    boost: float
+    """Weight of the boosting tree's scores added to the decoder's (NeMo's alpha)."""
