@@ -335,8 +335,10 @@ class LiveSession:
             if config.speakers is not None and config.speakers.wants_identity:
                 known = await self.pipeline._known(config.speakers)
         vad_changed = config.vad != self.config.vad
+        rate_changed = config.rate != self.config.rate
         self.config, self._known = config, known
-        self._resampler = _Resampler(config.rate)
+        if rate_changed:
+            self._resampler = _Resampler(config.rate)
         if vad_changed:
             self._vad = self._new_vad()
             if self._vad is not None:
@@ -349,7 +351,6 @@ class LiveSession:
 
     async def _append(self, pcm: bytes) -> None:
         x = self._resampler(pcm16_to_float(pcm))
-        at = self.audio.end
         self.audio.append(x)
         if self._streaming:
             self._stream_wake.set()
@@ -380,7 +381,6 @@ class LiveSession:
                     )
                 )
                 await self._commit(max(ev.sample, self._turn_start), item)
-        del at
         if (
             self._vad.speaking
             and self.audio.end - self._turn_start >= self.settings.realtime_max_turn_s * SAMPLE_RATE
