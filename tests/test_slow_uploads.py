@@ -490,7 +490,16 @@ def test_slow_uploads_cannot_starve_the_ingress(service, slow_url):
 
     port = service.port
     path = f"{SLOW_PREFIX}{CHUNK_ROUTE}"
+    # Earlier tests' 408s reach Ray's metrics export a few seconds late: start from a
+    # baseline that has stopped moving, or they would be counted as this test's.
     before = metric_total("ray_voxgraph_errors_total", kind="upload_timeout")
+    settle = time.monotonic() + 60
+    while time.monotonic() < settle:
+        time.sleep(6)
+        now = metric_total("ray_voxgraph_errors_total", kind="upload_timeout")
+        if now == before:
+            break
+        before = now
 
     async def scenario() -> tuple[list[SlowResult], dict[str, tuple[int, float, float]]]:
         t0 = time.monotonic()
