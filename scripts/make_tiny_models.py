@@ -368,6 +368,9 @@ def build_canary(cfg: dict[str, Any], seed: int, vocab_size: int, workdir: Path)
     cfg = copy.deepcopy(cfg)
     dirs = train_canary_tokenizers(Path(workdir) / "canary_tokenizers", vocab_size, seed)
     cfg["tokenizer"]["langs"] = {lang: {"dir": str(d), "type": "bpe"} for lang, d in dirs.items()}
+    # No external forced-aligner model: the tiny Canary stamps with timestamp tokens, and
+    # NeMo would otherwise look for one in the .nemo of whatever was restored last.
+    cfg["restore_timestamps_model"] = False
     seed_everything(seed)
     model = EncDecMultiTaskModel(cfg=_cfg(cfg))
     fit_canary(model, seed)

@@ -52,7 +52,7 @@ def _script(name: str):
 def readme_handle_section() -> tuple[str, str]:
     """(the bash block's `export` line, the Python block) of README's "Python handle"."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("### Python handle\n", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", text.split("### Python handle\n", 1)[1], maxsplit=1)[0]
     blocks = dict(re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S))
     (export,) = [ln for ln in blocks["bash"].splitlines() if ln.startswith("export ")]
     return export, blocks["python"]

@@ -294,10 +294,15 @@ def test_client_gone_mid_stream_releases_the_budget():
             ) as r,
         ):
             assert r.status_code == 200
-            first = next(r.iter_raw())
+            # Keep the iterator: a dropped one closes httpx's stream, which is a disconnect.
+            chunks = r.iter_raw()
+            first = next(chunks)
             assert first.startswith(b"data: ") and first.endswith(b"\n\n")
             assert json.loads(first[6:])["type"] == "transcript.text.delta"
+            time.sleep(0.3)  # the server would have noticed a disconnect by now
             assert service.pipeline.budget.in_use_s == pytest.approx(60.0)
+            assert fake.cancelled == 0
+            chunks.close()
         deadline = time.monotonic() + 5
         while service.pipeline.budget.in_use_s and time.monotonic() < deadline:
             time.sleep(0.02)
