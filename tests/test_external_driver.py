@@ -145,7 +145,7 @@ def test_readme_handle_example_from_another_process(tiny_models, tmp_path):
         )
         assert driver.returncode == 0, driver.stderr[-4000:]
         (shown_line,) = [ln for ln in driver.stdout.splitlines() if ln.startswith("SHOWN ")]
-        transcript, diarization, chunk = json.loads(shown_line.removeprefix("SHOWN "))
+        transcript, diarization, chunk, inferred = json.loads(shown_line.removeprefix("SHOWN "))
 
         assert transcript["duration"] == pytest.approx(8.0, abs=0.01)
         assert isinstance(transcript["text"], str)
@@ -165,6 +165,9 @@ def test_readme_handle_example_from_another_process(tiny_models, tmp_path):
         )
         assert http.status_code == 200, http.text
         assert http.json()["segments"] == diarization["segments"]
+
+        # The JSON body's shape through `infer` is the same diarization.
+        assert inferred["segments"] == diarization["segments"]
 
         assert set(chunk) >= {"segments", "speakers_detected", "fingerprints", "models"}
         assert set(chunk["fingerprints"]) <= set(chunk["speakers_detected"])
