@@ -397,7 +397,11 @@ class GuardMiddleware:
 def _authorized(header: bytes | None, keys: list[str] | list[SecretStr]) -> bool:
     if not header or header[:7].lower() != b"bearer ":
         return False
-    token = header[7:].strip()
+    return token_accepted(header[7:].strip(), keys)
+
+
+def token_accepted(token: bytes, keys: list[str] | list[SecretStr]) -> bool:
+    """Whether `token` is one of `keys`, compared in constant time."""
     ok = False
     for key in keys:
         secret = key.get_secret_value() if isinstance(key, SecretStr) else key

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import SecretStr
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from deployments.http_guards import token_accepted
 from voxgraph.live import LiveSession, SessionClosed
 from voxgraph.realtime import error_event
 
@@ -53,14 +53,10 @@ def _key_of(ws: WebSocket) -> str | None:
 
 
 def _key_ok(token: str | None, keys: list[SecretStr]) -> bool:
+    # The HTTP guard's constant-time check; no keys configured means no auth.
     if not keys:
         return True
-    if not token:
-        return False
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token.encode(), key.get_secret_value().encode())
-    return ok
+    return token is not None and token != "" and token_accepted(token.encode(), keys)
 
 
 def _origin_ok(origin: str | None, allowed: list[str]) -> bool:

@@ -603,7 +603,6 @@ class LiveSession:
         the turn waits for the audio that follows it (a live client keeps sending);
         after `STREAM_WAIT_S` frames the model has not given count as silence.
         """
-        frame_s = self._stream_frame_s
 
         def covered() -> bool:
             return self._stream_frames * self._stream_frame_s * SAMPLE_RATE >= b - 1

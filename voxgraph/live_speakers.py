@@ -27,16 +27,9 @@ import math
 
 import numpy as np
 
+from voxgraph.linking import _normalise as _unit
 from voxgraph.turns import speech_seconds
 from voxgraph.types import Diarization
-
-
-def _unit(v: np.ndarray) -> np.ndarray | None:
-    v = np.asarray(v, dtype=np.float64).ravel()
-    norm = float(np.linalg.norm(v))
-    if not math.isfinite(norm) or norm == 0.0:
-        return None
-    return v / norm
 
 
 class SessionSpeakers:
