@@ -332,6 +332,9 @@ def run_graph(
     t0 = time.monotonic()
     import ray
 
+    from deployments.serve_env import apply_to_process
+
+    apply_to_process()  # as serve_local.start() does: the proxy inherits it
     # serve_local.start() would init Ray the same way; doing it here first keeps the
     # replicas' per-request log lines out of the benchmark's table output.
     ray.init(

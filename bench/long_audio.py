@@ -1,10 +1,13 @@
-"""Hour-long recordings through the tiny-model graph on CPU: time and memory.
+"""Hour-long recordings through the tiny-model graph on CPU: how time and memory grow.
 
-Sends a 10-minute and a 60-minute synthetic recording (by default) to
+Sends 10-, 30-, 60- and 120-minute synthetic recordings (by default) to
 `/v1/audio/transcriptions?diarize=true` and `/v1/audio/diarize`, sampling the
-RSS of every replica process while each request runs. If memory is bounded by
-the window and not the recording, the model replicas' peak RSS is the same for
-both lengths and only the ingress grows, by about the decoded samples.
+RSS of every replica process while each request runs. Then fits time against
+length per route (least squares: seconds per audio minute, intercept, R²) and
+each replica's peak RSS against length. If memory is bounded by the window and
+not the recording, the model replicas' slopes are about zero and only the
+ingress grows, by about the decoded samples; its peak for the longest recording
+is also given as a multiple of that recording's decoded size (float32 samples).
 
     python bench/long_audio.py                 # starts the tiny graph itself
     python bench/long_audio.py --url http://127.0.0.1:8000 --minutes 10 60
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import sys
@@ -31,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bench.common import load_avg, machine  # noqa: E402
+from bench.common import load_avg, machine, table  # noqa: E402
 from voxgraph.synth import speechlike  # noqa: E402
 
 ROLES = ("Ingress", "ASR", "Diarizer", "Embedder")
@@ -95,10 +99,50 @@ def wav_of(minutes: float) -> bytes:
     return buf.getvalue()
 
 
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least-squares line y = slope * x + intercept, and its R²."""
+    slope, intercept = np.polyfit(xs, ys, 1)
+    pred = slope * np.asarray(xs) + intercept
+    ss_res = float(np.sum((np.asarray(ys) - pred) ** 2))
+    ss_tot = float(np.sum((np.asarray(ys) - np.mean(ys)) ** 2))
+    return float(slope), float(intercept), 1.0 - ss_res / ss_tot if ss_tot else 1.0
+
+
+def print_growth(rows: list[tuple], pids: dict[str, int]) -> None:
+    """Time and peak RSS against length, per route, as fitted lines."""
+    out = []
+    for route in dict.fromkeys(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == route and r[2] == 200]
+        if len({r[0] for r in mine}) < 2:
+            continue
+        xs = [r[0] for r in mine]
+        slope, icpt, r2 = fit(xs, [r[3] for r in mine])
+        out.append([route, "wall time", f"{slope:.3f} s/min", f"{icpt:+.2f} s", f"{r2:.4f}"])
+        for k in pids:
+            slope, icpt, r2 = fit(xs, [r[6][k][1] for r in mine])
+            out.append(
+                [route, f"{k} peak RSS", f"{slope:.2f} MB/min", f"{icpt:.0f} MB", f"{r2:.3f}"]
+            )
+    print("\nGrowth against recording length (least squares over the lengths above)\n")
+    print(table(["route", "figure", "slope", "intercept", "R²"], out))
+    longest = max(r[0] for r in rows)
+    decoded_mb = longest * 60 * 16000 * 4 / 2**20
+    if "Ingress" in pids:
+        for r in rows:
+            if r[0] == longest:
+                start, peak = r[6]["Ingress"]
+                print(
+                    f"Ingress, {longest:g} min ({decoded_mb:.0f} MB decoded) via {r[1]}: peak RSS "
+                    f"{peak:.0f} MB = {peak / decoded_mb:.2f}x decoded "
+                    f"(idle {start:.0f} MB; growth {(peak - start) / decoded_mb:.2f}x)"
+                )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--url", help="a running voxgraph (default: start the tiny graph here)")
-    p.add_argument("--minutes", type=float, nargs="+", default=[10, 60])
+    p.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60, 120])
+    p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     url = args.url
     if url is None:
@@ -156,14 +200,23 @@ def main() -> int:
         line = f"{minutes:>5g} m {route:<26} {status:>6} {wall:>7.1f} {rtfx:>6.1f} {spk:>4}"
         line += "".join(f" {mem[k][0]:>12.0f}/{mem[k][1]:<13.0f}" for k in pids)
         print(line + f"  {load}")
-    if len(args.minutes) >= 2:
-        lo, hi = min(args.minutes), max(args.minutes)
-        for k in pids:
-            peaks = {m: max(r[6][k][1] for r in rows if r[0] == m) for m in (lo, hi)}
-            print(
-                f"{k}: peak RSS {peaks[lo]:.0f} MB at {lo:g} min vs {peaks[hi]:.0f} MB at "
-                f"{hi:g} min (ratio {peaks[hi] / peaks[lo]:.2f})"
-            )
+    if len(set(args.minutes)) >= 2:
+        print_growth(rows, pids)
+    if args.json:
+        records = [
+            {
+                "minutes": m,
+                "route": route,
+                "status": status,
+                "wall_s": wall,
+                "rtfx": rtfx,
+                "speakers": spk,
+                "rss_mb": {k: {"start": v[0], "peak": v[1]} for k, v in mem.items()},
+                "load": load,
+            }
+            for m, route, status, wall, rtfx, spk, mem, load in rows
+        ]
+        Path(args.json).write_text(json.dumps({"machine": machine(), "runs": records}, indent=2))
     return 0
 
 

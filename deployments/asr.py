@@ -11,10 +11,11 @@ import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
+from deployments.placement import resolve_audio
 from voxgraph.errors import BadRequest
 from voxgraph.models import transcribe_grouped
 from voxgraph.schemas import DEFAULT_KEYWORD_BOOST, MAX_KEYWORD_BOOST, clean_keywords
-from voxgraph.types import SAMPLE_RATE, KeywordBoost, Transcript
+from voxgraph.types import SAMPLE_RATE, AudioSpan, KeywordBoost, Transcript
 
 
 @serve.deployment(name="ASR")
@@ -24,7 +25,7 @@ class ASR(ModelHost):
 
     async def transcribe(
         self,
-        audio: np.ndarray,
+        audio: np.ndarray | AudioSpan,
         keywords: Sequence[str] = (),
         boost: float = DEFAULT_KEYWORD_BOOST,
         *,
@@ -41,6 +42,7 @@ class ASR(ModelHost):
         (`transcribe`, or `translate` into English); a batch is split into one
         model call per (language, task). Other models detect the language themselves.
         """
+        audio = await resolve_audio(audio)
         check_audio(audio)
         runner = self._require_runner()
         biasing = _keyword_boost(keywords, boost)

@@ -9,8 +9,15 @@ import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
+from deployments.placement import resolve_audio
 from voxgraph.errors import BadRequest
-from voxgraph.types import SAMPLE_RATE, Diarization, DiarStreamState, DiarStreamStep
+from voxgraph.types import (
+    SAMPLE_RATE,
+    AudioSpan,
+    Diarization,
+    DiarStreamState,
+    DiarStreamStep,
+)
 
 
 @serve.deployment(name="Diarizer")
@@ -22,8 +29,9 @@ class Diarizer(ModelHost):
         super().__init__(**config)
         self._step_batch_sizes: deque[int] = deque(maxlen=256)
 
-    async def diarize(self, audio: np.ndarray) -> Diarization:
+    async def diarize(self, audio: np.ndarray | AudioSpan) -> Diarization:
         """Turns (local speaker indices) and the (frames x speakers) probabilities of one clip."""
+        audio = await resolve_audio(audio)
         check_audio(audio)
         self._require_runner()
         return await self._diarize_batch(audio, time.perf_counter())

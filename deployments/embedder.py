@@ -8,7 +8,9 @@ import numpy as np
 from ray import serve
 
 from deployments.model_host import ModelHost, check_audio
-from voxgraph.types import SAMPLE_RATE
+from deployments.placement import resolve_audio
+from voxgraph.turns import speaker_fingerprints
+from voxgraph.types import SAMPLE_RATE, AudioSpan, Diarization
 
 
 def _clip_count(requests: list[list[np.ndarray]]) -> int:
@@ -28,6 +30,18 @@ class Embedder(ModelHost):
         if not clips:
             return np.zeros((0, runner.dim), dtype=np.float32)
         return await self._embed_batch(list(clips), time.perf_counter())
+
+    async def fingerprints(
+        self, audio: np.ndarray | AudioSpan, diar: Diarization, min_speech_s: float
+    ) -> dict[int, np.ndarray]:
+        """Unit-length fingerprint per local speaker of `diar` with `min_speech_s` (s) of speech.
+
+        The ingress passes the diarizer's response straight here (Serve resolves it),
+        so each speaker's clip is cut from the shared samples in this replica.
+        """
+        audio = await resolve_audio(audio)
+        check_audio(audio)
+        return await speaker_fingerprints(audio, diar.turns, min_speech_s, self.embed)
 
     # Batch size counts clips, not requests: one chunk may bring four speakers.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_clip_count)

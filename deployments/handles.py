@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
+from deployments.placement import PlacedAudio
 from voxgraph.errors import ServiceUnavailable, VoxgraphError
 from voxgraph.pipeline import Role
 from voxgraph.schemas import DEFAULT_KEYWORD_BOOST
@@ -44,6 +45,11 @@ class HandleBackends:
         }
         self._timeout_s = timeout_s
         self._info: dict[Role, tuple[float, ModelInfo]] = {}
+        self._placed = PlacedAudio()
+
+    async def place(self, audio: np.ndarray) -> np.ndarray:
+        """The decoded recording in the object store once; its windows then travel as spans."""
+        return await self._placed.place(audio)
 
     async def transcribe(
         self,
@@ -55,16 +61,29 @@ class HandleBackends:
         task: str = "transcribe",
     ) -> Transcript:
         asr = self._handles["asr"].transcribe
+        clip = self._placed.span(audio)
         # A multitask (Canary) model's prompt: sent only when the walk gives one.
         prompt = {} if language is None and task == "transcribe" else {"language": language}
         if prompt:
             prompt["task"] = task
         if not keywords:
-            return await self._call(asr.remote(audio, **prompt))
-        return await self._call(asr.remote(audio, keywords=tuple(keywords), boost=boost, **prompt))
+            return await self._call(asr.remote(clip, **prompt))
+        return await self._call(asr.remote(clip, keywords=tuple(keywords), boost=boost, **prompt))
 
     async def diarize(self, audio: np.ndarray) -> Diarization:
-        return await self._call(self._handles["diarizer"].diarize.remote(audio))
+        clip = self._placed.span(audio)
+        return await self._call(self._handles["diarizer"].diarize.remote(clip))
+
+    async def diarize_fingerprinted(
+        self, audio: np.ndarray, min_speech_s: float
+    ) -> tuple[Diarization, dict[int, np.ndarray]]:
+        """Diarize one clip and fingerprint its speakers, the diarization going straight
+        from the Diarizer to the Embedder (Serve passes the response by reference)."""
+        clip = self._placed.span(audio)
+        diar = self._handles["diarizer"].diarize.remote(clip)
+        prints = self._handles["embedder"].fingerprints.remote(clip, diar, min_speech_s)
+        got_diar, got_prints = await asyncio.gather(self._call(diar), self._call(prints))
+        return got_diar, got_prints
 
     async def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return await self._call(self._handles["embedder"].embed.remote(list(clips)))

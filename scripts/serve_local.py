@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from deployments.loopback import HOOK as LOOPBACK_HOOK
+from deployments.serve_env import apply_to_process as apply_serve_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +105,8 @@ def start(
             app.setdefault("runtime_env", {})["worker_process_setup_hook"] = LOOPBACK_HOOK
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
+        # The proxy and controller inherit the request-path settings from this process.
+        apply_serve_env()
         # ray.init has no port argument; the GCS it starts reads this variable.
         previous = os.environ.get("RAY_GCS_SERVER_PORT")
         if ray_port is not None:

@@ -797,3 +797,29 @@ def test_encode_wav_roundtrip():
     data = encode_wav(x, subtype="FLOAT")
     assert data[:4] == b"RIFF"
     np.testing.assert_array_equal(decode_audio(data), x)
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+def test_a_long_wav_decodes_into_one_array_without_a_second_copy(rate):
+    """Decoding allocates the output once, plus a few blocks' worth, whatever the length."""
+    import tracemalloc
+
+    minutes = 8
+    buf = io.BytesIO()
+    noise = np.random.default_rng(1).standard_normal(minutes * 60 * rate).astype(np.float32)
+    sf.write(buf, noise * 0.1, rate, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    del noise, buf
+    out_bytes = minutes * 60 * SAMPLE_RATE * 4
+    tracemalloc.start()
+    try:
+        samples = decode_audio(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert abs(len(samples) - minutes * 60 * SAMPLE_RATE) <= 16
+    # Blocks then their concatenation would need twice the output at the end.
+    blocks = 4 * audio_module._BLOCK_SAMPLES * 4  # a few decode blocks in flight: 16 MB
+    assert peak < out_bytes + blocks, (
+        f"peak {peak / 2**20:.0f} MB, output {out_bytes / 2**20:.0f} MB"
+    )

@@ -23,6 +23,7 @@ from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve.schema import ServeDeploySchema
 
 import graph
+from deployments.serve_env import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
@@ -418,6 +419,9 @@ def test_environment(rayservice, serve_config_v2):
     for group in [_head(rayservice), *_workers(rayservice)]:
         env = _env(_container(group))
         assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
+        # The proxies and controller get Serve's request path as graph.py gives the replicas.
+        for var, value in SERVE_ENV.items():
+            assert env[var]["value"] == value, var
         # Limits live in serveConfigV2's args only (they win over the environment):
         # a second copy here could only disagree.
         for var in ("MAX_UPLOAD_MB", "MAX_AUDIO_S"):

@@ -110,6 +110,12 @@ def assign_word_speakers(
         return [replace(w, speaker=None) for w in words]
     index = _TurnIndex(turns)
     usable = probs.ndim == 2 and probs.shape[0] > 0 and frame_s > 0
+    # Running sums per speaker: a word's mean activity in O(1), not a numpy call per
+    # word and speaker (the walk's largest CPU cost on a long transcript).
+    csum: list[list[float]] = []
+    if usable:
+        zero = np.zeros((1, probs.shape[1]))
+        csum = np.concatenate([zero, np.cumsum(probs, axis=0, dtype=np.float64)]).tolist()
     out: list[Word] = []
     for w in words:
         hits = index.overlapping(w.start, w.end)
@@ -124,7 +130,8 @@ def assign_word_speakers(
             i0, i1 = _word_frames(w.start, w.end, frame_s, probs.shape[0])
             for spk in by_speaker:
                 if isinstance(spk, int | np.integer) and 0 <= spk < probs.shape[1] and i1 > i0:
-                    mass[spk] = float(np.mean(probs[i0:i1, int(spk)]))
+                    k = int(spk)
+                    mass[spk] = (csum[i1][k] - csum[i0][k]) / (i1 - i0)
         if mass and max(mass.values()) >= _MASS_FLOOR:
             best = max(mass, key=lambda s: (mass[s], by_speaker[s], -_order(s)))
         else:

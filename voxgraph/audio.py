@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -69,10 +70,20 @@ class _Decoded:
         self.declared_s = declared_s
         self.input_seconds = 0.0
         self.blocks: list[np.ndarray] = []
+        self._buf: np.ndarray | None = None
+        self._filled = 0
 
     def check_header(self, frames: int, rate: int) -> None:
         if self.max_duration_s is not None and frames / rate > self.max_duration_s:
             raise _too_long(self.max_duration_s, frames / rate)
+
+    def reserve(self, samples: int) -> None:
+        """Decode into one array of about this many samples, from a trusted header.
+
+        Without it, the blocks and their concatenation are both in memory at the
+        end: twice the decoded size at the peak. Pages never written cost nothing.
+        """
+        self._buf = np.empty(max(0, samples), dtype=np.float32)
 
     def count(self, frames: int, rate: int) -> None:
         # Counted on the input side before resampling, so a bomb is stopped
@@ -87,13 +98,21 @@ class _Decoded:
                 "audio contains NaN or infinite sample values; "
                 "re-export it as 16-bit PCM WAV or FLAC"
             )
-        if mono.size:
+        if not mono.size:
+            return
+        buf, n = self._buf, self._filled
+        if buf is not None and not self.blocks and n + mono.size <= len(buf):
+            buf[n : n + mono.size] = mono
+            self._filled += mono.size
+        else:
             self.blocks.append(mono.astype(np.float32, copy=False))
 
     def result(self) -> np.ndarray:
+        head = self._buf[: self._filled] if self._buf is not None else None
         if not self.blocks:
-            return np.zeros(0, dtype=np.float32)
-        return np.ascontiguousarray(np.concatenate(self.blocks), dtype=np.float32)
+            return head if head is not None else np.zeros(0, dtype=np.float32)
+        parts = [head, *self.blocks] if head is not None and head.size else self.blocks
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
 def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> np.ndarray:
@@ -167,6 +186,8 @@ def _decode_soundfile(
         # header; those are only counted while decoding.
         if f.frames != _UNKNOWN_FRAMES and f.format != "MP3":
             out.check_header(f.frames, rate)
+            # One second over the resampled length absorbs the resampler's rounding.
+            out.reserve(math.ceil(f.frames * SAMPLE_RATE / rate) + SAMPLE_RATE)
         resampler = _Resampler(rate)
         block = max(1, _BLOCK_SAMPLES // channels)
         try:

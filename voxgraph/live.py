@@ -53,7 +53,7 @@ from voxgraph.realtime import (
     session_json,
 )
 from voxgraph.settings import Settings
-from voxgraph.turns import speaker_label
+from voxgraph.turns import speaker_fingerprints, speaker_label
 from voxgraph.types import SAMPLE_RATE, Diarization, Transcript, Turn
 
 if TYPE_CHECKING:
@@ -530,7 +530,8 @@ class LiveSession:
         else:
             diar = await self.backends.diarize(self.audio.get(ctx_start, item.end))
         ctx = self.audio.get(ctx_start, item.end)
-        prints = await self.pipeline._fingerprints(ctx, diar)
+        min_s = s.min_fingerprint_speech_s
+        prints = await speaker_fingerprints(ctx, diar.turns, min_s, self.backends.embed)
         rel = (item.start - ctx_start) / SAMPLE_RATE
         in_turn = {int(t.speaker) for t in diar.turns if t.end > rel}
         mapping = self.speakers.link(

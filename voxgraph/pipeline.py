@@ -56,6 +56,7 @@ from voxgraph.turns import (
     frame_span,
     l2_normalise,
     speaker_clips,
+    speaker_fingerprints,
     speaker_label,
     speech_seconds,
     with_confidence,
@@ -114,6 +115,13 @@ class Backends(Protocol):
         `fresh` asks now (for /health); otherwise a recent answer may be reused.
         """
         ...
+
+    # Optional shortcuts a transport may offer (the graph's handles do):
+    # - `async def place(audio) -> np.ndarray` puts a decoded recording where the models
+    #   read it (Ray's object store, once) and returns the array to slice windows from;
+    # - `async def diarize_fingerprinted(audio, min_speech_s)` -> (Diarization,
+    #   {speaker: unit fingerprint}) hands the diarization to the embedder directly,
+    #   so the speakers' clips are cut next to the embedder, not sent to it.
 
 
 class Upload(Protocol):
@@ -255,8 +263,7 @@ class Pipeline:
         """Chunk-local speakers with confidence and one fingerprint per speaker."""
         known = await self._known(opts) if opts is not None else None
         async with self._admitted(audio) as samples:
-            diar = await self.backends.diarize(samples)
-            prints = await self._fingerprints(samples, diar)
+            diar, prints = await self._diarized(samples)
         naming = await self._identify(prints, known)
         dinfo, einfo = await asyncio.gather(
             self.backends.info("diarizer"), self.backends.info("embedder")
@@ -336,6 +343,9 @@ class Pipeline:
             # Decoding is CPU work (FFmpeg, resampling): keep the event loop free.
             samples = await asyncio.to_thread(decode_audio, data, max_duration_s=s.max_audio_s)
             del data
+            place = getattr(self.backends, "place", None)
+            if place is not None:
+                samples = await place(samples)
             reservation.resize(len(samples) / SAMPLE_RATE)
             yield samples
 
@@ -400,18 +410,17 @@ class Pipeline:
         self, samples: np.ndarray, w: Window
     ) -> tuple[Diarization, dict[int, np.ndarray]]:
         """One diarization window (window-relative times) and its speakers' fingerprints."""
-        clip = window_samples(samples, w)
-        diar = await self.backends.diarize(clip)
-        return diar, await self._fingerprints(clip, diar)
+        return await self._diarized(window_samples(samples, w))
 
-    async def _fingerprints(self, clip: np.ndarray, diar: Diarization) -> dict[int, np.ndarray]:
-        """L2-normalised fingerprint per local speaker with enough speech, in one call."""
-        clips = speaker_clips(clip, diar.turns, self.settings.min_fingerprint_speech_s)
-        if not clips:
-            return {}
-        speakers = sorted(clips)
-        embs = await self.backends.embed([clips[k] for k in speakers])
-        return {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}
+    async def _diarized(self, clip: np.ndarray) -> tuple[Diarization, dict[int, np.ndarray]]:
+        """Local speakers of one clip and an L2-normalised fingerprint per speaker with enough
+        speech. Backends that can hand the diarization straight to the embedder do."""
+        min_s = self.settings.min_fingerprint_speech_s
+        combined = getattr(self.backends, "diarize_fingerprinted", None)
+        if combined is not None:
+            return await combined(clip, min_s)
+        diar = await self.backends.diarize(clip)
+        return diar, await speaker_fingerprints(clip, diar.turns, min_s, self.backends.embed)
 
     async def _known(self, opts: KnownSpeakers) -> list[Candidate] | None:
         """The voices this request may name, or None when it asks for no names."""

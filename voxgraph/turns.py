@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -101,3 +101,18 @@ def l2_normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v.copy()
+
+
+async def speaker_fingerprints(
+    samples: np.ndarray,
+    turns: Sequence[Turn],
+    min_speech_s: float,
+    embed: Callable[[list[np.ndarray]], Awaitable[np.ndarray]],
+) -> dict[int, np.ndarray]:
+    """L2-normalised fingerprint per local speaker with enough speech, from one `embed` call."""
+    clips = speaker_clips(samples, turns, min_speech_s)
+    if not clips:
+        return {}
+    speakers = sorted(clips)
+    embs = await embed([clips[k] for k in speakers])
+    return {int(k): l2_normalise(e) for k, e in zip(speakers, embs, strict=True)}

@@ -8,6 +8,7 @@ result refers to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -138,3 +139,20 @@ class KeywordBoost:
     """Words or phrases, as the caller wrote them (validated, deduplicated)."""
     boost: float
     """Weight of the boosting tree's scores added to the decoder's (NeMo's alpha)."""
+
+
+@dataclass(frozen=True)
+class AudioSpan:
+    """Samples [start, stop) of a recording placed once where every model can read it.
+
+    `source` is what the transport resolves to the whole 16 kHz mono float32
+    recording (in the graph, an object-store reference): a window travels as
+    three numbers, and the model takes it as a view of the shared samples.
+    """
+
+    source: Any
+    """The placed recording, resolved by the receiving deployment."""
+    start: int
+    """First sample of the span."""
+    stop: int
+    """One past the span's last sample."""
