@@ -152,6 +152,10 @@ def main() -> int:
         sl = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sl)
         t0 = time.monotonic()
+        # Two hours of 16-bit WAV is 230 MB, over the default 200 MB upload limit; the
+        # ingress reads this variable (Ray's workers inherit this environment).
+        os.environ.setdefault("MAX_UPLOAD_MB", "512")
+        print(f"upload limit: {os.environ['MAX_UPLOAD_MB']} MB")
         sl.start(ROOT / "configs" / "tiny.yaml", num_cpus=8)
         sl.wait_healthy(8000)
         print(f"tiny graph ready in {time.monotonic() - t0:.1f}s")

@@ -4,17 +4,18 @@ Every voxgraph replica runs inference in worker threads (`asyncio.to_thread`),
 so nothing gains from Serve's default of a second event loop per replica for
 user code and a third for each process's handle routers: those loops only add
 a thread hop and a wake-up to every call, in the proxy, the ingress and each
-model replica. Profiled in bench/RESULTS.md ("Where a request's CPU goes"),
-they were the largest part of the graph's own CPU per request. Request-path
-log lines are written in batches, to Serve's log files only (not copied to
-stderr, which Ray's log monitor would read and forward again). Two idle costs,
+model replica (bench/RESULTS.md, "Where a request's CPU goes"). Log lines go
+to Serve's log files only, not copied to stderr, which Ray's log monitor would
+read and forward again. (They are not buffered: an operator following one
+request id through the deployments needs its lines at once.) Two idle costs,
 the controller's loop and the metrics export, run less often (bench/RESULTS.md:
 a graph at rest used 0.17 cores before, 0.145 after).
 
 Applied to every deployment's actors (graph.py) and, where voxgraph starts Ray
 itself (scripts/serve_local.py, the benchmarks), to the proxy and controller
-too. These are Serve's documented variables (its throughput-optimized mode
-sets the same ones) and can be overridden in the environment.
+too. These are Serve's own variables (its throughput-optimized mode,
+RAY_SERVE_THROUGHPUT_OPTIMIZED, sets the first three the same way); any of
+them set in the environment wins.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import os
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_LOG_TO_STDERR": "0",
     # Idle costs, paid per second whether or not requests come: the controller's
     # reconcile loop (default every 0.1 s) and the export of Serve's cached metrics
