@@ -332,21 +332,22 @@ def run_graph(
     t0 = time.monotonic()
     import ray
 
-    from deployments.serve_env import apply_to_process
+    from deployments.serve_env import for_ray_start
 
-    apply_to_process()  # as serve_local.start() does: the proxy inherits it
     # serve_local.start() would init Ray the same way; doing it here first keeps the
     # replicas' per-request log lines out of the benchmark's table output.
-    ray.init(
-        address="local",
-        # Logical CPUs: Ray schedules by them, the kernel shares the real cores.
-        num_cpus=max(8, os.cpu_count() or 1),
-        num_gpus=1 if gpu else 0,
-        include_dashboard=False,
-        namespace="serve",
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        log_to_driver=False,
-    )
+    # As serve_local.start() does: the proxy and controller inherit Serve's settings.
+    with for_ray_start():
+        ray.init(
+            address="local",
+            # Logical CPUs: Ray schedules by them, the kernel shares the real cores.
+            num_cpus=max(8, os.cpu_count() or 1),
+            num_gpus=1 if gpu else 0,
+            include_dashboard=False,
+            namespace="serve",
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            log_to_driver=False,
+        )
     spec.start(f.name, port=port)
     os.unlink(f.name)
     url = f"http://{LOOPBACK}:{port}"

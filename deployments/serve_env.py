@@ -20,7 +20,9 @@ them set in the environment wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -39,7 +41,21 @@ def serve_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}
 
 
-def apply_to_process() -> None:
-    """Set SERVE_ENV here (unless set) before Ray starts: its daemons and workers inherit it."""
+@contextlib.contextmanager
+def for_ray_start() -> Iterator[None]:
+    """SERVE_ENV set (unless set) while Ray starts here: its daemons and workers inherit it.
+
+    This process gets its own environment back afterwards: a driver's handles need
+    their router's own loop to be called from synchronous code (`.result()`).
+    """
+    saved = {k: os.environ.get(k) for k in SERVE_ENV}
     for k, v in SERVE_ENV.items():
         os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from deployments.loopback import HOOK as LOOPBACK_HOOK
-from deployments.serve_env import apply_to_process as apply_serve_env
+from deployments.serve_env import for_ray_start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,25 +105,26 @@ def start(
             app.setdefault("runtime_env", {})["worker_process_setup_hook"] = LOOPBACK_HOOK
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
-        # The proxy and controller inherit the request-path settings from this process.
-        apply_serve_env()
         # ray.init has no port argument; the GCS it starts reads this variable.
         previous = os.environ.get("RAY_GCS_SERVER_PORT")
         if ray_port is not None:
             os.environ["RAY_GCS_SERVER_PORT"] = str(ray_port)
         try:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                include_dashboard=False,
-                namespace="serve",
-                runtime_env={
-                    "env_vars": {"PYTHONPATH": str(ROOT)},
-                    # Apps deployed with serve.run from this driver (tests' variants) too.
-                    **({"worker_process_setup_hook": LOOPBACK_HOOK} if local_only else {}),
-                },
-            )
+            # The proxy and controller inherit Serve's request-path settings from Ray's
+            # daemons (the replicas get them from graph.py as well).
+            with for_ray_start():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=False,
+                    namespace="serve",
+                    runtime_env={
+                        "env_vars": {"PYTHONPATH": str(ROOT)},
+                        # Apps deployed with serve.run from this driver (tests' variants) too.
+                        **({"worker_process_setup_hook": LOOPBACK_HOOK} if local_only else {}),
+                    },
+                )
         finally:
             if ray_port is not None:
                 if previous is None:
