@@ -2,6 +2,7 @@
 # make serve  - install if needed and serve serve_config.yaml (real NVIDIA models, GPU shares)
 # make demo   - the same graph on CPU with tiny random-weight models on http://127.0.0.1:8000
 # Both run Ray on 127.0.0.1:6379 (RAY_PORT=...), where Python drivers join to call handles.
+# make device-wheels - .whl/ for the GPU device run (bench/device_run.sh, bench/RESULTS.md)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ RAY_PORT ?= 6379
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=disabled
 
-.PHONY: install test serve demo tiny lint clean
+.PHONY: install test serve demo tiny lint clean device-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ serve: install
 
 demo: install tiny
 	VOXGRAPH_CPU_ONLY=1 $(PY) scripts/serve_local.py configs/tiny.yaml --ray-port $(RAY_PORT)
+
+# The wheels a lent GPU machine lacks (NeMo & co., ~48 MiB) for bench/device_run.sh.
+device-wheels: install
+	scripts/device_wheels.sh
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -32,6 +32,7 @@ from deployments.asr import ASR
 from deployments.diarizer import Diarizer
 from deployments.embedder import Embedder
 from deployments.ingress import Ingress
+from deployments.serve_env import serve_env
 from voxgraph.settings import ENV_PREFIX, ModelConfig, Settings
 
 ROLES = ("asr", "diarizer", "embedder")
@@ -198,6 +199,15 @@ class VoxgraphArgs(BaseSettings):
         if self.cpu_only:
             for role in ROLES:
                 getattr(self, role).num_gpus = 0.0
+        for role in ROLES:
+            d = getattr(self, role)
+            # Dynamic int8 quantisation has CPU kernels only: a GPU replica would load
+            # its model and then fail; say so at deploy time instead.
+            if d.precision == "int8" and d.num_gpus > 0:
+                raise ValueError(
+                    f"{role}: precision int8 runs on CPU only; set num_gpus: 0 (or "
+                    "cpu_only: true), or use bf16/fp16 on a GPU"
+                )
         return self
 
     def model_deployments(self) -> dict[str, ModelDeploymentArgs]:
@@ -207,7 +217,11 @@ class VoxgraphArgs(BaseSettings):
 def deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
     """A model deployment's `.options(...)`: resources, queue limits and `user_config`."""
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": d.num_cpus,
+            "num_gpus": d.num_gpus,
+            "runtime_env": {"env_vars": serve_env()},
+        },
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
         "user_config": d.user_config().model_dump(),
@@ -225,7 +239,7 @@ def deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
 
 def ingress_options(i: IngressArgs) -> dict[str, Any]:
     return {
-        "ray_actor_options": {"num_cpus": i.num_cpus},
+        "ray_actor_options": {"num_cpus": i.num_cpus, "runtime_env": {"env_vars": serve_env()}},
         "num_replicas": i.num_replicas,
         "max_ongoing_requests": i.max_ongoing_requests,
         "max_queued_requests": i.max_queued_requests,

@@ -20,8 +20,11 @@ Lifecycle of a replica:
   runs at a time, always of the newest wanted config: a model loaded for a config
   that was replaced meanwhile is freed, never installed.
 - On a live replica, a new model or precision is loaded while the old runner keeps
-  serving, then swapped in. If that fails the old runner keeps serving, the
-  replica stays healthy and `status()` reports the error.
+  serving, then swapped in (a precision change re-wraps the loaded model, except to or
+  from int8, whose quantised weights need the model loaded again).
+  `max_batch_audio_s` and `torch_threads` change on the serving runner in place.
+  If a load fails the old runner keeps serving, the replica stays healthy and
+  `status()` reports the error.
 - `check_health` (called by Serve periodically) raises while the replica has no
   model and its load failed, so Serve replaces it.
 """
@@ -86,6 +89,7 @@ class ModelHost:
         config = ModelConfig(**{**self._config.model_dump(), **(user_config or {})})
         self._config = config
         self._apply_batching(config)
+        _configure(self._runner, config)  # batch audio limit and threads: in place
         self._want(config)
         if self._runner is None:
             # Serve routes nothing to a starting replica until this returns. On a live
@@ -177,6 +181,7 @@ class ModelHost:
             with self._lock:
                 superseded = self._wanted != key
                 if not superseded:
+                    _configure(runner, self._config)
                     old = self._runner
                     self._runner, self._loaded = runner, key
                     self._device = device
@@ -201,7 +206,10 @@ class ModelHost:
     def _build(self, key: Key, base: Any) -> tuple[Any, str]:
         """A runner for `key` and its device; from `base` when only the precision differs."""
         model, precision = key
-        if base is not None and hasattr(base, "with_precision"):
+        # int8 quantises the model itself: to or from it, the model is loaded again.
+        reloads = models.CPU_ONLY_PRECISIONS
+        same_model = precision not in reloads and getattr(base, "precision", None) not in reloads
+        if base is not None and hasattr(base, "with_precision") and same_model:
             return base.with_precision(precision), self._device
         device = self.pick_device()
         return self.load_runner(self.role, model, device, precision), device
@@ -238,6 +246,13 @@ class ModelHost:
             len(items), [start - t for t in enqueued], audio_s, busy
         )
         return out
+
+
+def _configure(runner: Any, config: ModelConfig) -> None:
+    """The config's in-place runtime knobs on a runner (a test's fake may lack them)."""
+    configure = getattr(runner, "configure", None)
+    if runner is not None and callable(configure):
+        configure(max_batch_audio_s=config.max_batch_audio_s, torch_threads=config.torch_threads)
 
 
 def _close(runner: Any) -> None:

@@ -3,18 +3,26 @@
 - bench/monolith.py serves the graph's audio routes with the graph's response shapes
   (tiny models, in-process ASGI client, no Ray and no socket);
 - bench/gpu.py's pure parts and its sweep / precision helpers work at tiny size;
-- bench/throughput.py's defaults are K = 1, 8, 32 clients.
+- bench/throughput.py's defaults are K = 1, 8, 32 clients;
+- the GPU device run (bench/device_run.sh) carries every package its Ray-free path imports.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import gpu, throughput
-from bench.common import ROUTES, chunk_payloads, conversation, table
+from bench.common import ROOT, ROUTES, chunk_payloads, conversation, table
 from voxgraph.schemas import (
     DiarizeChunkResponse,
     DiarizeResponse,
@@ -210,3 +218,134 @@ def test_throughput_defaults():
     args = throughput.build_parser().parse_args([])
     assert args.clients == [1, 8, 32] and args.chunk_s == 30.0
     assert set(args.routes.split(",")) == {"diarize-chunk", "transcriptions-diarize"}
+
+
+# --------------------------------------------------------------------------- the device run
+
+
+def _lines(*args: str) -> list[str]:
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_wheels.sh"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return out.stdout.split()
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in tree.body if module_level_only else ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+    return out
+
+
+def _ray_free_path_imports() -> set[str]:
+    """Third-party top-level modules that bench/device_run.sh's path imports.
+
+    bench/gpu.py and bench/common.py at module level, everything in
+    scripts/make_tiny_models.py, and every import (any level) of the voxgraph modules
+    gpu.py imports, followed through voxgraph. gpu.py's throughput section (Ray) is the
+    one part the device run leaves out.
+    """
+    todo = list(_imports(ROOT / "bench" / "gpu.py", False) - {"ray", "bench.throughput"})
+    found = _imports(ROOT / "bench" / "gpu.py", True) | _imports(ROOT / "bench" / "common.py", True)
+    found |= _imports(ROOT / "scripts" / "make_tiny_models.py", False)
+    seen: set[str] = set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        if mod.split(".")[0] == "voxgraph":
+            path = ROOT / (mod.replace(".", "/") + ".py")
+            if path.is_file():
+                todo += _imports(path, False)
+        else:
+            found.add(mod)
+    local = {"voxgraph", "bench", "__future__", "make_tiny_models"}
+    return {m.split(".")[0] for m in found} - set(sys.stdlib_module_names) - local
+
+
+def test_device_wheels_cover_the_ray_free_path():
+    """Every import of the device run is carried as a wheel or in the GPU image; no Ray.
+
+    A new third-party import in the walk, the runners or the model builder fails here
+    rather than on the lent GPU machine, where nothing can be installed.
+    """
+    pins = _lines("--list")
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9_.+-]*", p) for p in pins), pins
+    names = [_dist(p.split("==")[0]) for p in pins]
+    assert len(names) == len(set(names)), "two versions of one wheel stop the install there"
+    assert "nemo-toolkit==3.0.0" in {f"{_dist(p.split('==')[0])}=={p.split('==')[1]}" for p in pins}
+    assert "ray" not in names
+    available = set(names) | {_dist(n) for n in _lines("--image")}
+    by_module = importlib.metadata.packages_distributions()
+    modules = _ray_free_path_imports()
+    assert {"nemo", "torch", "numpy", "soundfile"} <= modules  # the scan sees the path
+    missing = {
+        m: by_module.get(m, ["?"])
+        for m in modules
+        if not {_dist(d) for d in by_module.get(m, [m])} & available
+    }
+    assert not missing, f"imported by the device run, neither carried nor in the image: {missing}"
+
+
+def test_device_run_script_and_gpu_help_without_ray():
+    script = ROOT / "bench" / "device_run.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_wheels.sh")], check=True)
+    text = script.read_text()
+    # It installs the carried wheels as the device README says, and runs gpu.py Ray-free.
+    assert "--no-index --no-deps --no-compile --no-cache-dir --upgrade" in text
+    assert "bench/gpu.py" in text and "throughput" not in text.split("defaults=(")[1]
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", text.split("timeout -k")[0]))
+    gpu_flags = {f for a in gpu.build_parser()._actions for f in a.option_strings}
+    wanted = flags - {"--no-index", "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade"}
+    wanted -= {"--target", "--format", "--query-gpu"}
+    assert wanted <= gpu_flags, wanted - gpu_flags
+    # gpu.py starts, and its device-run options parse, where Ray cannot be imported.
+    code = (
+        "import sys; sys.modules['ray'] = None; sys.argv = ['gpu.py', '--help'];"
+        "import runpy; runpy.run_path('bench/gpu.py', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--in-memory" in out.stdout and "--budget-s" in out.stdout
+    args = gpu.resolve(
+        gpu.build_parser().parse_args(["--in-memory", "--models", "real", "--budget-s", "300"]),
+        cuda=True,
+    )
+    assert args.in_memory and args.budget_s == 300 and args.precision_batch == 8
+    with pytest.raises(SystemExit):
+        gpu.resolve(gpu.build_parser().parse_args(["--in-memory", "--models", "/x"]), False)
+
+
+def test_gpu_sweep_stops_at_the_time_budget():
+    dev = gpu.Device("cpu")
+    calls: list[int] = []
+
+    def call(b: int):
+        def run() -> None:
+            calls.append(b)
+            time.sleep(0.02 * b)
+
+        return run
+
+    spent = gpu.Budget(total_s=0.2)
+    rows = gpu.sweep("x", call, 1.0, [1, 8, 32], 1, dev, 60, 0.0, spent)
+    # batch 8 would need ~0.02 * 8 * 2 = 0.32 s: more than the budget left after batch 1.
+    assert [r["batch"] for r in rows] == [1] and 8 not in calls
+    rows = gpu.sweep("x", call, 1.0, [1, 2], 1, dev, 60, 0.0, gpu.Budget())
+    assert [r["batch"] for r in rows] == [1, 2] and gpu.Budget().left() == math.inf

@@ -17,6 +17,10 @@ from voxgraph.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parent.parent
 # What the file's header promises: it runs on 4 logical CPUs.
 CPU_BUDGET = 4
+# The forward-pass bounds behind the config's documented peak RSS per replica
+# (README "CPU serving", measured by bench/cpu.py for 1, 6 and 30 minutes): the most
+# audio one pass of each model may hold, in seconds (items x the longest item).
+MAX_PASS_AUDIO_S = {"asr": 120.0, "diarizer": 180.0, "embedder": 120.0}
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +63,7 @@ def test_valid_and_same_graph_as_production(cpu, gpu):
     graph.build_app(_args(cpu))
 
 
-def test_real_models_no_gpu_fp32_smaller_batches(cpu, gpu):
+def test_real_models_no_gpu_int8_smaller_batches(cpu, gpu):
     ours, prod = _args(cpu), _args(gpu)
     assert ours.cpu_only
     for role, d in ours.model_deployments().items():
@@ -70,9 +74,27 @@ def test_real_models_no_gpu_fp32_smaller_batches(cpu, gpu):
         assert d.min_replicas == d.max_replicas == 1, role
         assert "autoscaling_config" not in graph.deployment_options(d), role
         assert d.model == p.model == graph.ROLE_DEFAULTS[role]["model"]
-        assert d.precision == "fp32"
+        # Dynamic int8 linear layers: the CPU speed-up bench/cpu.py measures.
+        assert d.precision == "int8"
         assert d.max_batch_size < p.max_batch_size, role
         assert d.max_queued_requests <= p.max_queued_requests, role
+
+
+def test_every_forward_pass_is_bounded_in_audio(cpu):
+    # Memory follows the largest forward pass, not the recording: windows bound each
+    # request's items, max_batch_audio_s bounds what a batch of them puts in one pass.
+    args = _args(cpu)
+    settings = Settings.load(args.settings)
+    for role, d in args.model_deployments().items():
+        assert 0 < d.max_batch_audio_s <= MAX_PASS_AUDIO_S[role], role  # 0: no limit
+    # A whole window fits one pass (a longer item would go alone, past the bound).
+    assert settings.asr_window_s <= args.asr.max_batch_audio_s
+    assert settings.asr_overlap_s < settings.asr_window_s / 4
+    assert settings.diar_window_s <= args.diarizer.max_batch_audio_s
+    # The diarizer keeps the 90 s windows Sortformer 4spk-v1 was trained on.
+    assert settings.diar_window_s == Settings.model_fields["diar_window_s"].default
+    # Far shorter than the GPU profile's 300 s ASR windows, which on CPU held ~12 GB.
+    assert settings.asr_window_s < Settings.model_fields["asr_window_s"].default
 
 
 def test_fits_the_cpu_budget_with_useful_threads(cpu):
@@ -81,9 +103,15 @@ def test_fits_the_cpu_budget_with_useful_threads(cpu):
         d.num_cpus * d.max_replicas for d in args.model_deployments().values()
     )
     assert total <= CPU_BUDGET
-    # Ray sets OMP_NUM_THREADS = floor(num_cpus) in the replica: the ASR, the
-    # slowest model on CPU, must get at least two torch threads.
-    assert math.floor(args.asr.num_cpus) >= 2
+    # Each model computes with its own torch_threads (Ray's OMP_NUM_THREADS =
+    # floor(num_cpus) otherwise): the ASR, the slowest model on CPU, gets at least
+    # two; together they fit the budget.
+    threads = {
+        role: d.torch_threads or max(1, math.floor(d.num_cpus))
+        for role, d in args.model_deployments().items()
+    }
+    assert threads["asr"] >= 2
+    assert sum(threads.values()) <= CPU_BUDGET
 
 
 def test_model_calls_time_out_in_the_service_not_the_proxy(cpu):

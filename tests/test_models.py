@@ -168,12 +168,13 @@ def test_pick_device():
 
 
 def test_bad_precision_rejected(asr):
+    # int8 is a precision since issue 14 (tests/test_quantization.py); int4 is not.
     with pytest.raises(ValueError, match="precision"):
-        M.AsrRunner(asr.model, "cpu", precision="int8")
+        M.AsrRunner(asr.model, "cpu", precision="int4")
     with pytest.raises(ValueError, match="precision"):
-        asr.with_precision("int8")
+        asr.with_precision("int4")
     with pytest.raises(ValueError, match="precision"):
-        M.load_runner("asr", "never-loaded.nemo", "cpu", "int8")
+        M.load_runner("asr", "never-loaded.nemo", "cpu", "int4")
 
 
 def test_load_runner_wraps_each_role(model_dir):
@@ -384,3 +385,108 @@ def test_embeddings_short_clips_padded(emb, n):
 def test_embeddings_empty_list(emb):
     out = emb.embed([])
     assert out.shape == (0, 192) and out.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- batch audio limit
+
+
+def test_audio_groups_are_consecutive_and_bounded():
+    assert M.audio_groups([], 100) == []
+    assert M.audio_groups([5, 5, 5], None) == [[0, 1, 2]]
+    # Padded size: items x the longest one so far in the group.
+    assert M.audio_groups([40, 40, 40, 40], 100) == [[0, 1], [2, 3]]
+    assert M.audio_groups([10, 60, 10], 100) == [[0], [1], [2]]
+    assert M.audio_groups([10, 10, 60], 100) == [[0, 1], [2]]
+    # An item longer than the limit goes alone; the others still share.
+    assert M.audio_groups([30, 250, 30, 30], 100) == [[0], [1], [2, 3]]
+    for lengths in ([7, 3, 9, 1, 4, 4, 8], [100] * 5, [1] * 9):
+        groups = M.audio_groups(lengths, 12)
+        assert [i for g in groups for i in g] == list(range(len(lengths)))
+        for g in groups:
+            assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 12
+
+
+def _passes(monkeypatch, obj, name: str, count) -> list[int]:
+    """Record, per call of obj.name, the padded audio it was handed (samples)."""
+    seen: list[int] = []
+    real = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        seen.append(count(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+    return seen
+
+
+def _padded(items) -> int:
+    return len(items) * max(len(a) for a in items)
+
+
+def test_asr_batch_audio_limit_splits_passes_same_output(asr, monkeypatch):
+    clips = [_noise(2.5, 1), _tone(1.3), _noise(2.0, 2), _noise(3.0, 3), _noise(0.5, 4)]
+    whole = asr.transcribe(clips)
+    seen = _passes(monkeypatch, asr.model, "transcribe", lambda audio, **_: _padded(audio))
+    try:
+        asr.configure(max_batch_audio_s=5.0)
+        split = asr.transcribe(clips)
+    finally:
+        asr.configure()
+    assert len(seen) > 1 and max(seen) <= 5.0 * SR
+    for a, b in zip(whole, split, strict=True):
+        assert a.text == b.text and a.duration == b.duration
+        np.testing.assert_allclose(
+            [(w.start, w.end) for w in a.words], [(w.start, w.end) for w in b.words], atol=1e-6
+        )
+
+
+def test_diarizer_batch_audio_limit_splits_passes_same_output(diar, monkeypatch):
+    clips = [_noise(3.0, 1), _noise(2.0, 2), _noise(1.0, 3), _noise(3.0, 4)]
+    whole = diar.diarize(clips)
+    seen = _passes(monkeypatch, diar.model, "diarize", lambda audio, **_: _padded(audio))
+    try:
+        diar.configure(max_batch_audio_s=4.0)
+        split = diar.diarize(clips)
+    finally:
+        diar.configure()
+    assert seen == [3 * SR, 2 * 2 * SR, 3 * SR]
+    for a, b in zip(whole, split, strict=True):
+        assert a.probs.shape == b.probs.shape
+        # Only the batch's zero padding differs (see the batch-vs-single test).
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-2)
+
+
+def test_embedder_batch_audio_limit_splits_passes_same_output(emb, monkeypatch):
+    clips = [_noise(1.0, 1), _tone(3.0), _noise(2.2, 2), _noise(0.7, 4)]
+    whole = emb.embed(clips)
+    seen = _passes(monkeypatch, emb, "_forward", _padded)
+    try:
+        emb.configure(max_batch_audio_s=3.0)
+        split = emb.embed(clips)
+    finally:
+        emb.configure()
+    assert max(seen) <= 3.0 * SR and len(seen) == 3  # [3.0], [2.2], [1.0, 0.7]
+    np.testing.assert_allclose(whole, split, atol=1e-5)
+
+
+def test_torch_threads_apply_to_the_computing_thread(diar, monkeypatch):
+    import threading
+
+    import torch
+
+    seen = _passes(monkeypatch, diar.model, "diarize", lambda *a, **k: torch.get_num_threads())
+    before = torch.get_num_threads()
+    try:
+        diar.configure(torch_threads=1)
+        t = threading.Thread(target=diar.diarize, args=([_noise(1.0)],))
+        t.start()
+        t.join()
+    finally:
+        diar.configure()
+        torch.set_num_threads(before)
+    assert seen == [1]
+    with pytest.raises(ValueError):
+        diar.configure(max_batch_audio_s=-1)
+    assert diar.configure(max_batch_audio_s=0).max_batch_audio_s is None  # 0: no limit
+    with pytest.raises(ValueError):
+        diar.configure(torch_threads=-1)

@@ -264,7 +264,13 @@ def test_nested_environment(monkeypatch):
     assert args.ingress.num_replicas == 3
     assert all(d.num_gpus == 0 for d in args.model_deployments().values())
     opts = graph.deployment_options(args.embedder)
-    assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    assert {k: opts["ray_actor_options"][k] for k in ("num_cpus", "num_gpus")} == {
+        "num_cpus": 0.5,
+        "num_gpus": 0.0,
+    }
+    # Serve's request path without its extra event loops (deployments/serve_env.py).
+    env = opts["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     assert opts["user_config"]["max_batch_size"] == 4
 
 
@@ -329,3 +335,17 @@ def test_api_keys_in_a_validation_error_stay_hidden():
     with pytest.raises(ValidationError) as err:
         Settings.load({"api_keys": [SECRET], "max_upload_mb": -1})
     assert SECRET not in str(err.value)
+
+
+def test_serve_env_is_set_while_ray_starts_and_this_process_gets_its_own_back(monkeypatch):
+    from deployments.serve_env import SERVE_ENV, for_ray_start
+
+    for k in SERVE_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", "1")  # an operator's choice wins
+    with for_ray_start():
+        assert os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
+        assert os.environ["RAY_SERVE_LOG_TO_STDERR"] == "1"
+    # A driver's synchronous handle calls need the router's own loop: nothing stays set.
+    assert "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP" not in os.environ
+    assert os.environ["RAY_SERVE_LOG_TO_STDERR"] == "1"

@@ -44,9 +44,11 @@ if TYPE_CHECKING:
     import torch
 
 Role = Literal["asr", "diarizer", "embedder"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+CPU_ONLY_PRECISIONS: tuple[str, ...] = ("int8",)
+"""Precisions that change the model itself (int8: quantised weights), CPU kernels only."""
 
 # NeMo's transcribe() pads numpy inputs shorter than this *on both sides*, which
 # shifts every timestamp by half the padding; padding on the right ourselves first
@@ -152,6 +154,21 @@ def release_memory() -> None:
     torch = sys.modules.get("torch")  # never import torch just to free nothing
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc): a restore's fp32 state dict, say.
+
+    Without it a CPU replica keeps the RSS of its load's peak for good (measured: an
+    int8 Parakeet-size replica holds 1.6 GB once loaded, after a 5.5 GB load peak).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _check_precision(precision: str) -> None:
@@ -159,11 +176,111 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def check_device_precision(device: str, precision: str) -> None:
+    """Refuse int8 on CUDA: its dynamic quantisation has CPU kernels only (use bf16 there)."""
+    _check_precision(precision)
+    if precision in CPU_ONLY_PRECISIONS and not device.startswith("cpu"):
+        raise ValueError(
+            f"precision {precision!r} runs on CPU only (dynamic int8 quantisation has no "
+            f"{device} kernels); use bf16 or fp16 on a GPU, or num_gpus: 0 for a CPU replica"
+        )
+
+
+INT8_THRESHOLDS: dict[str, float] = {
+    "asr_encoder_rel_l2": 0.10,
+    "diarizer_max_abs": 0.10,
+    "embedder_min_cosine": 0.99,
+}
+"""How far int8 may move a model's outputs from fp32's on the same input (README "CPU
+serving"): the ASR encoder output's relative L2 error (greedy transcripts of random
+weights are not comparable), the largest change of a diarizer speaker probability,
+and the smallest cosine between a clip's two embeddings. Checked by
+tests/test_quantization.py (tiny models) and bench/cpu.py (real-size ones)."""
+
+INT8_SKIP_INSIDE = ("SqueezeExcite",)
+"""Modules whose linear layers stay fp32: NeMo's squeeze-excite (TitaNet, Jasper) reads
+`fc[0].weight.dtype` in its forward, which a quantised layer does not have."""
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantisation of the nn.Linear layers of `model`, in place; returns it.
+
+    Weights become int8 per output channel; activations are quantised per call from
+    their own range (torch's dynamic quantisation, fbgemm/x86 kernels), and every other
+    module (convolutions, norms, the LSTM of a transducer's prediction net, the
+    preprocessor) stays fp32. Layers inside `INT8_SKIP_INSIDE` modules stay fp32 too.
+    Otherwise NeMo only calls its linear layers at inference, so transcribe(),
+    diarize() and forward() work unchanged. Returns the model; `model.voxgraph_int8`
+    counts the layers quantised.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    skipped = [n for n, m in model.named_modules() if type(m).__name__ in INT8_SKIP_INSIDE]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and not any(n == s or n.startswith(s + ".") for s in skipped)
+    ]
+    with warnings.catch_warnings():
+        # torch.ao.quantization's eager mode is deprecated in favour of torchao, which
+        # this environment lacks; the eager kernels are what torch 2.13 CPU ships.
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            model,
+            dict.fromkeys(names, per_channel_dynamic_qconfig),
+            dtype=torch.qint8,
+            inplace=True,
+        )
+    model.voxgraph_int8 = len(names)
+    return model
+
+
+def audio_groups(lengths: Sequence[int], max_samples: int | None) -> list[list[int]]:
+    """Consecutive groups of items whose padded size (items x the longest) is <= max_samples.
+
+    What one forward pass holds when a batch is limited in audio seconds: a batch is
+    padded to its longest item, so that is the size its activations scale with. An
+    item longer than the limit goes alone. None: one group (no limit).
+    """
+    if not lengths:
+        return []
+    if max_samples is None:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        grown = max(longest, int(n))
+        if current and grown * (len(current) + 1) > max_samples:
+            groups.append(current)
+            current, grown = [], int(n)
+        current.append(i)
+        longest = grown
+    groups.append(current)
+    return groups
+
+
 class _Runner:
-    """Lock, inference mode and autocast shared by the three runners."""
+    """Lock, inference mode, autocast and CPU threads shared by the three runners.
+
+    `max_batch_audio_s` caps the audio one forward pass holds (items x the longest
+    item, seconds; None or 0: no cap): a larger batch runs as consecutive passes, so a
+    replica's peak memory follows the limit, not the batch. `torch_threads` (> 0) is how many CPU
+    threads this runner's calls compute with (torch.set_num_threads in the calling
+    thread); 0 leaves torch's own setting (Ray's OMP_NUM_THREADS in a replica).
+    Both change in place (`configure`).
+    """
 
     def __init__(self, model: Any, device: str, precision: str, name: str | None):
         _check_precision(precision)
+        if precision in CPU_ONLY_PRECISIONS:
+            check_device_precision(device, precision)
+            if getattr(model, "voxgraph_int8", None) is None:
+                quantize_int8(model)  # in place: the runner owns its model
         self.model = model
         self.device = device
         self.precision = precision
@@ -171,14 +288,38 @@ class _Runner:
         # NeMo's transcribe()/diarize() flip model state (train/eval, dither, decoding
         # config, an id->manifest map) for the duration of a call: never run two at once.
         self._lock = threading.Lock()
+        self.max_batch_audio_s: float | None = None
+        self.torch_threads = 0
 
     @property
     def model_name(self) -> str:
         return self._name
 
+    def configure(self, max_batch_audio_s: float | None = None, torch_threads: int = 0) -> Self:
+        """Set the runtime limits (see the class docstring); returns the runner."""
+        if max_batch_audio_s is not None and not max_batch_audio_s >= 0:
+            raise ValueError("max_batch_audio_s must be >= 0 (0 or None: no limit)")
+        if torch_threads < 0:
+            raise ValueError("torch_threads must be >= 0 (0: torch's default)")
+        self.max_batch_audio_s = max_batch_audio_s or None
+        self.torch_threads = int(torch_threads)
+        return self
+
+    def _groups(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The forward passes of a batch with these lengths (samples), in order."""
+        limit = self.max_batch_audio_s
+        return audio_groups(lengths, None if limit is None else int(limit * SAMPLE_RATE))
+
     def with_precision(self, precision: str) -> Self:
-        """The same model behind another autocast precision; shares this runner's lock."""
+        """The same model behind another autocast precision; shares this runner's lock.
+
+        Not to or from int8: a quantised model is another model (`load_runner` builds it).
+        """
         _check_precision(precision)
+        if precision != self.precision and (
+            precision in CPU_ONLY_PRECISIONS or self.precision in CPU_ONLY_PRECISIONS
+        ):
+            raise ValueError(f"{self.precision} -> {precision} needs the model loaded again")
         runner = copy.copy(self)
         runner.precision = precision
         return runner
@@ -193,7 +334,12 @@ class _Runner:
         import torch
 
         with self._lock, torch.inference_mode():
-            if self.device.startswith("cuda") and self.precision != "fp32":
+            if self.torch_threads > 0:
+                # OpenMP's thread count is per calling thread, and worker threads are
+                # shared between runners in one process: set it on every call, in the
+                # thread that computes (cheap next to a forward pass).
+                torch.set_num_threads(self.torch_threads)
+            if self.device.startswith("cuda") and self.precision in ("bf16", "fp16"):
                 dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
                 with torch.autocast(device_type="cuda", dtype=dtype):
                     yield
@@ -252,18 +398,25 @@ class AsrRunner(_Runner):
         todo = [i for i, a in enumerate(audios) if a.shape[0] >= self.min_samples]
         min_len = int(ASR_MIN_INPUT_S * SAMPLE_RATE)
         inputs = [np.pad(audios[i], (0, max(0, min_len - audios[i].shape[0]))) for i in todo]
-        if inputs:
-            with self._inference(), self._biased([wanted[i] for i in todo]) as extra:
-                try:
-                    hyps = self.model.transcribe(
-                        inputs, batch_size=len(inputs), timestamps=True, verbose=False, **extra
-                    )
-                finally:
-                    # NeMo 3.0's transcribe() leaves the encoder in training mode
-                    # (dropout on) for whoever calls the model next.
-                    self.model.eval()
-            for i, hyp in zip(todo, hyps, strict=True):
-                out[i] = self._to_transcript(hyp, out[i].duration)
+        hyps: list[Any] = []
+        with self._inference():
+            # Consecutive forward passes of at most max_batch_audio_s each.
+            for group in self._groups([len(x) for x in inputs]):
+                with self._biased([wanted[todo[g]] for g in group]) as extra:
+                    try:
+                        hyps += self.model.transcribe(
+                            [inputs[g] for g in group],
+                            batch_size=len(group),
+                            timestamps=True,
+                            verbose=False,
+                            **extra,
+                        )
+                    finally:
+                        # NeMo 3.0's transcribe() leaves the encoder in training mode
+                        # (dropout on) for whoever calls the model next.
+                        self.model.eval()
+        for i, hyp in zip(todo, hyps, strict=True):
+            out[i] = self._to_transcript(hyp, out[i].duration)
         return out
 
     @contextlib.contextmanager
@@ -571,13 +724,14 @@ class CanaryRunner(AsrRunner):
         todo = [i for i, a in enumerate(audios) if a.shape[0] >= self.min_samples]
         min_len = int(ASR_MIN_INPUT_S * SAMPLE_RATE)
         inputs = [np.pad(audios[i], (0, max(0, min_len - audios[i].shape[0]))) for i in todo]
-        if inputs:
-            extra: dict[str, Any] = {"timestamps": True} if self._timestamps else {}
-            with self._inference():
+        extra: dict[str, Any] = {"timestamps": True} if self._timestamps else {}
+        hyps: list[Any] = []
+        with self._inference():
+            for group in self._groups([len(x) for x in inputs]):
                 try:
-                    hyps = self.model.transcribe(
-                        inputs,
-                        batch_size=len(inputs),
+                    hyps += self.model.transcribe(
+                        [inputs[g] for g in group],
+                        batch_size=len(group),
                         verbose=False,
                         source_lang=source,
                         target_lang=target,
@@ -586,8 +740,8 @@ class CanaryRunner(AsrRunner):
                     )
                 finally:
                     self.model.eval()
-            for i, hyp in zip(todo, hyps, strict=True):
-                out[i] = self._canary_transcript(hyp, out[i].duration)
+        for i, hyp in zip(todo, hyps, strict=True):
+            out[i] = self._canary_transcript(hyp, out[i].duration)
         return out
 
     def _canary_transcript(self, hyp: Any, duration: float) -> Transcript:
@@ -699,17 +853,19 @@ class DiarRunner(_Runner):
         # NeMo rejects empty arrays and crashes below one hop: those have 0 frames anyway.
         todo = [i for i, a in enumerate(audios) if self.num_frames(a.shape[0]) > 0]
         results: dict[int, Diarization] = {}
-        if todo:
-            with self._inference():
+        with self._inference():
+            # Consecutive forward passes of at most max_batch_audio_s each.
+            for group in self._groups([audios[i].shape[0] for i in todo]):
+                idx = [todo[g] for g in group]
                 segments, probs = self.model.diarize(
-                    audio=[audios[i] for i in todo],
+                    audio=[audios[i] for i in idx],
                     sample_rate=SAMPLE_RATE,
-                    batch_size=len(todo),
+                    batch_size=len(idx),
                     include_tensor_outputs=True,
                     verbose=False,
                 )
-            for i, lines, p in zip(todo, segments, probs, strict=True):
-                results[i] = self._to_diarization(audios[i].shape[0], lines, p)
+                for i, lines, p in zip(idx, segments, probs, strict=True):
+                    results[i] = self._to_diarization(audios[i].shape[0], lines, p)
         return [results.get(i) or self._empty(a.shape[0]) for i, a in enumerate(audios)]
 
     def _empty(self, n_samples: int) -> Diarization:
@@ -1124,8 +1280,11 @@ class EmbedRunner(_Runner):
         order = sorted(range(len(audios)), key=lambda i: audios[i].shape[0], reverse=True)
         with self._inference():
             for k in range(0, len(order), self.max_batch):
-                idx = order[k : k + self.max_batch]
-                out[idx] = self._forward([audios[i] for i in idx])
+                chunk = order[k : k + self.max_batch]
+                # Within max_batch clips, passes of at most max_batch_audio_s each.
+                for group in self._groups([audios[i].shape[0] for i in chunk]):
+                    idx = [chunk[g] for g in group]
+                    out[idx] = self._forward([audios[i] for i in idx])
         return out
 
     def _forward(self, audios: list[np.ndarray]) -> np.ndarray:
@@ -1163,12 +1322,20 @@ _RUNNERS: dict[str, type[_Runner]] = {
 
 
 def load_runner(role: Role, spec: str, device: str, precision: str = "fp32") -> _Runner:
-    """Load `spec` (hub name or .nemo) and wrap it in the role's runner: what a replica serves."""
-    _check_precision(precision)
+    """Load `spec` (hub name or .nemo) and wrap it in the role's runner: what a replica serves.
+
+    `precision="int8"` quantises the loaded model's linear layers (`quantize_int8`);
+    it is refused on CUDA before anything loads.
+    """
+    check_device_precision(device, precision)
     if role not in _RUNNERS:
         raise ValueError(f"unknown model role {role!r}; expected 'asr', 'diarizer' or 'embedder'")
     model = load_model(role, spec, device)
     if role == "asr":
         # ASRModel.restore_from / from_pretrained return the checkpoint's own class.
-        return asr_runner_class(model)(model, device, precision)
-    return _RUNNERS[role](model, device, precision)
+        runner = asr_runner_class(model)(model, device, precision)
+    else:
+        runner = _RUNNERS[role](model, device, precision)
+    if precision in CPU_ONLY_PRECISIONS:
+        release_memory()  # the fp32 weights the quantised layers replaced
+    return runner

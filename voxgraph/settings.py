@@ -30,10 +30,16 @@ class ModelConfig(BaseModel):
 
     model: str
     """Hugging Face / NGC model name (from_pretrained) or local `.nemo` path (restore_from)."""
-    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$")
-    """Autocast precision on CUDA; CPU always runs fp32."""
+    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16|int8)$")
+    """bf16/fp16: autocast on CUDA (CPU runs those as fp32); int8: dynamic int8
+    quantisation of the linear layers, CPU only (refused on a GPU)."""
     max_batch_size: int = Field(8, ge=1)
     """Most requests (embedder: clips) fused into one forward pass."""
+    max_batch_audio_s: float = Field(0.0, ge=0)
+    """Most audio in one forward pass (seconds, items x the longest item); a larger
+    batch runs as consecutive passes, which bounds the replica's memory. 0: no limit."""
+    torch_threads: int = Field(0, ge=0)
+    """CPU threads the model computes with; 0: torch's default (Ray: floor(num_cpus))."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     """How long the first request of a batch waits for others (seconds)."""
     load_wait_s: float = Field(600.0, ge=0)
