@@ -57,20 +57,27 @@ def replica_pids() -> dict[str, int]:
     return found
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
 class RssSampler:
-    """Peak RSS per replica while a request runs (sampled every 0.2 s)."""
+    """Peak RSS and peak private RSS per replica while a request runs (every 0.2 s).
+
+    RSS counts the pages of Ray's shared object store a process has touched, in every
+    process that touched them, and keeps counting them after the objects are freed
+    (the store reuses its segment); RssAnon is the memory the process holds itself.
+    """
 
     def __init__(self, pids: dict[str, int]):
         self.pids = pids
         self.start = {k: rss_mb(p) for k, p in pids.items()}
         self.peak = dict(self.start)
+        self.anon_start = {k: rss_mb(p, "RssAnon") for k, p in pids.items()}
+        self.anon_peak = dict(self.anon_start)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -79,6 +86,7 @@ class RssSampler:
             for k, p in self.pids.items():
                 with contextlib.suppress(OSError):
                     self.peak[k] = max(self.peak[k], rss_mb(p))
+                    self.anon_peak[k] = max(self.anon_peak[k], rss_mb(p, "RssAnon"))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -123,6 +131,10 @@ def print_growth(rows: list[tuple], pids: dict[str, int]) -> None:
             out.append(
                 [route, f"{k} peak RSS", f"{slope:.2f} MB/min", f"{icpt:.0f} MB", f"{r2:.3f}"]
             )
+            slope, icpt, r2 = fit(xs, [r[8][k][1] for r in mine])
+            out.append(
+                [route, f"{k} peak private", f"{slope:.2f} MB/min", f"{icpt:.0f} MB", f"{r2:.3f}"]
+            )
     print("\nGrowth against recording length (least squares over the lengths above)\n")
     print(table(["route", "figure", "slope", "intercept", "R²"], out))
     longest = max(r[0] for r in rows)
@@ -131,10 +143,12 @@ def print_growth(rows: list[tuple], pids: dict[str, int]) -> None:
         for r in rows:
             if r[0] == longest:
                 start, peak = r[6]["Ingress"]
+                a0, a1 = r[8]["Ingress"]
                 print(
                     f"Ingress, {longest:g} min ({decoded_mb:.0f} MB decoded) via {r[1]}: peak RSS "
                     f"{peak:.0f} MB = {peak / decoded_mb:.2f}x decoded "
-                    f"(idle {start:.0f} MB; growth {(peak - start) / decoded_mb:.2f}x)"
+                    f"(at rest {start:.0f} MB; growth {(peak - start) / decoded_mb:.2f}x); "
+                    f"private {a1:.0f} MB = {a1 / decoded_mb:.2f}x (at rest {a0:.0f} MB)"
                 )
 
 
@@ -193,6 +207,7 @@ def main() -> int:
                     len(speakers),
                     {k: (rss.start[k], rss.peak[k]) for k in pids},
                     load_avg(),
+                    {k: (rss.anon_start[k], rss.anon_peak[k]) for k in pids},
                 )
             )
             print(f"  {minutes:g} min {route}: {r.status_code} in {wall:.1f}s", flush=True)
@@ -200,7 +215,7 @@ def main() -> int:
     head = f"{'audio':>7} {'route':<26} {'status':>6} {'wall s':>7} {'RTFx':>6} {'spk':>4}"
     head += "".join(f" {k + ' MB start/peak':>26}" for k in pids) + "  load"
     print(head)
-    for minutes, route, status, wall, rtfx, spk, mem, load in rows:
+    for minutes, route, status, wall, rtfx, spk, mem, load, _ in rows:
         line = f"{minutes:>5g} m {route:<26} {status:>6} {wall:>7.1f} {rtfx:>6.1f} {spk:>4}"
         line += "".join(f" {mem[k][0]:>12.0f}/{mem[k][1]:<13.0f}" for k in pids)
         print(line + f"  {load}")
@@ -216,9 +231,10 @@ def main() -> int:
                 "rtfx": rtfx,
                 "speakers": spk,
                 "rss_mb": {k: {"start": v[0], "peak": v[1]} for k, v in mem.items()},
+                "private_rss_mb": {k: {"start": v[0], "peak": v[1]} for k, v in anon.items()},
                 "load": load,
             }
-            for m, route, status, wall, rtfx, spk, mem, load in rows
+            for m, route, status, wall, rtfx, spk, mem, load, anon in rows
         ]
         Path(args.json).write_text(json.dumps({"machine": machine(), "runs": records}, indent=2))
     return 0
