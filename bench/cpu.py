@@ -139,7 +139,8 @@ def config_profile(path: Path = ROOT / "serve_config.cpu.yaml") -> Profile:
     args = yaml.safe_load(path.read_text())["applications"][0]["args"]
     settings = Settings.load(args.get("settings", {}))
     keys = ("asr_window_s", "asr_overlap_s", "diar_window_s", "diar_overlap_s")
-    out = Profile("new", {k: getattr(settings, k) for k in (*keys, "max_windows_in_flight")}, {})
+    keys += ("max_windows_in_flight", "max_fingerprint_speech_s")
+    out = Profile("new", {k: getattr(settings, k) for k in keys}, {})
     for role in ROLES:
         d = args.get(role, {})
         out.roles[role] = RoleProfile(
@@ -353,6 +354,7 @@ def memory_child(role: str, path: str, rp: RoleProfile, settings: dict[str, Any]
             from voxgraph.types import Turn
 
             flat = []
+            cap = s.max_fingerprint_speech_s
             rng = np.random.default_rng(0)
             for c in clips:
                 n = len(c) / SR
@@ -361,7 +363,7 @@ def memory_child(role: str, path: str, rp: RoleProfile, settings: dict[str, Any]
                     Turn(start=float(a), end=float(b), speaker=i % 4)
                     for i, (a, b) in enumerate(itertools.pairwise(cuts))
                 ]
-                flat += list(speaker_clips(c, turns, 0.5).values())
+                flat += list(speaker_clips(c, turns, 0.5, max_speech_s=cap).values())
             for i in range(0, len(flat), rp.max_batch_size):
                 runner.embed(flat[i : i + rp.max_batch_size])
             calls = math.ceil(len(flat) / rp.max_batch_size)
@@ -426,6 +428,139 @@ def measure_memory(
     return out
 
 
+# ----------------------------------------------------------------------------- graph
+
+
+def graph_args_for(profile: Profile, config: Path, paths: dict[str, str]) -> dict[str, Any]:
+    """`graph:build_app` args serving `profile`: the config file's, models pointed at `paths`.
+
+    The old profile is the same file with its pre-issue-14 values: fp32, no audio limit
+    per batch, Ray's threads, Settings' default windows and fingerprints.
+    """
+    import copy
+
+    import yaml
+
+    args = copy.deepcopy(yaml.safe_load(config.read_text())["applications"][0]["args"])
+    for role in ROLES:
+        args[role]["model"] = paths[role]
+    if profile.name == "old":
+        for role in ROLES:
+            rp, d = profile.roles[role], args[role]
+            for key in ("max_batch_audio_s", "torch_threads"):
+                d.pop(key, None)
+            d.update(
+                precision=rp.precision,
+                max_batch_size=rp.max_batch_size,
+                batch_wait_timeout_s=rp.batch_wait_timeout_s,
+                num_cpus=rp.num_cpus,
+            )
+        settings = args.setdefault("settings", {})
+        for key, value in profile.settings.items():
+            if value is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = value
+    return args
+
+
+def measure_graph(
+    paths: dict[str, str], profiles: Sequence[Profile], config: Path, recording_s: float
+) -> dict[str, Any]:
+    """Each profile deployed as the real graph (Ray on 127.0.0.1), one after the other:
+    time to healthy, each replica's RSS at rest, then one `transcriptions?diarize=true`
+    of the recording over HTTP with each replica's peak RSS while it runs."""
+    import httpx
+
+    from bench.common import run_graph
+    from bench.long_audio import RssSampler, replica_pids
+    from bench.long_audio import rss_mb as proc_rss_mb
+
+    wav = wav_bytes(conversation(recording_s, seed=2024, speakers=3))
+    out: dict[str, Any] = {}
+    for p in profiles:
+        print(f"  {p.name}: deploying (load {load_avg()}) ...", flush=True)
+        with run_graph(paths, args=graph_args_for(p, config, paths)) as server:
+            pids = replica_pids()
+            rest = {k: proc_rss_mb(pid) for k, pid in pids.items()}
+            with RssSampler(pids) as rss:
+                t0, c0 = time.perf_counter(), {k: _proc_cpu_s(pid) for k, pid in pids.items()}
+                r = httpx.post(
+                    f"{server.url}/v1/audio/transcriptions",
+                    files={"file": ("meeting.wav", wav, "audio/wav")},
+                    data={"diarize": "true", "response_format": "verbose_json"},
+                    timeout=3600,
+                )
+                wall = time.perf_counter() - t0
+            cpu = {k: _proc_cpu_s(pid) - c0[k] for k, pid in pids.items()}
+            body = r.json() if r.status_code == 200 else {}
+        out[p.name] = fig = {
+            "status": r.status_code,
+            "ready_s": server.ready_s,
+            "wall_s": wall,
+            "rtfx": rtfx(recording_s, wall),
+            "words": len(body.get("words", [])),
+            "rest_rss_mb": rest,
+            "peak_rss_mb": rss.peak,
+            "peak_private_mb": rss.anon_peak,
+            "replica_cpu_s": cpu,
+        }
+        print(
+            f"  {p.name}: HTTP {r.status_code}, ready in {server.ready_s:.0f} s, "
+            f"RSS at rest {sum(rest.values()):,.0f} MB, request {wall:.1f} s "
+            f"(RTFx {fig['rtfx']:.2f}), replica CPU {sum(cpu.values()):.0f} s",
+            flush=True,
+        )
+    return out
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds a process has used (utime + stime from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rest_peak(f: dict[str, Any], role: str) -> str:
+    rest, peak = f["rest_rss_mb"].get(role, math.nan), f["peak_rss_mb"].get(role, math.nan)
+    return f"{rest:,.0f} / {peak:,.0f}"
+
+
+def print_graph(figures: dict[str, Any]) -> None:
+    roles = ("ASR", "Diarizer", "Embedder", "Ingress")
+    rows = []
+    for name, f in figures.items():
+        rows.append(
+            [
+                name,
+                fmt(f["ready_s"], 0),
+                fmt(f["wall_s"], 1),
+                fmt(f["rtfx"], 2),
+                *(_rest_peak(f, k) for k in roles),
+                f"{sum(f['rest_rss_mb'].values()):,.0f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "profile",
+                "ready s",
+                "request s",
+                "RTFx",
+                *(f"{k} RSS rest/peak MB" for k in roles),
+                "RSS at rest MB",
+            ],
+            rows,
+        )
+    )
+    if {"old", "new"} <= figures.keys():
+        ratio = figures["old"]["wall_s"] / figures["new"]["wall_s"]
+        figures["ratio_wall"] = ratio
+        print(f"new vs old through the graph: {ratio:.2f}x faster (request wall)")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -434,8 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="tiny models, short inputs (smoke run)")
     p.add_argument("--models", help="real | tiny | a directory (default real; tiny with --small)")
     p.add_argument(
-        "--sections", default="fidelity,models,pipeline,memory", help="of the four, comma-separated"
+        "--sections",
+        default="fidelity,models,pipeline,memory",
+        help="comma-separated, of fidelity, models, pipeline, memory and graph (the last"
+        " deploys each profile as the real graph; not in the default)",
     )
+    p.add_argument("--graph-profiles", default="old,new", help="graph section: old, new or both")
     p.add_argument("--config", default=str(ROOT / "serve_config.cpu.yaml"), help="new profile")
     p.add_argument("--recording-s", type=float, help="pipeline recording (360; 60 --small)")
     p.add_argument("--chunk-s", type=float, help="per-model input (60; 10 --small)")
@@ -625,6 +764,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.memory_profiles.split(","):
             p = new if name.strip() == "new" else old
             results["memory"][p.name] = measure_memory(paths, p, durations, args.memory_timeout_s)
+    if "graph" in sections:
+        print(
+            f"\n## graph: transcriptions?diarize=true on {args.recording_s:g} s through the "
+            "deployed graph\n",
+            flush=True,
+        )
+        chosen = [old if n.strip() == "old" else new for n in args.graph_profiles.split(",")]
+        results["graph"] = figures = measure_graph(
+            paths, chosen, Path(args.config), args.recording_s
+        )
+        print()
+        print_graph(figures)
     print(f"\n# load at end: {load_avg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

@@ -32,16 +32,21 @@ class Embedder(ModelHost):
         return await self._embed_batch(list(clips), time.perf_counter())
 
     async def fingerprints(
-        self, audio: np.ndarray | AudioSpan, diar: Diarization, min_speech_s: float
+        self,
+        audio: np.ndarray | AudioSpan,
+        diar: Diarization,
+        min_speech_s: float,
+        max_speech_s: float | None = None,
     ) -> dict[int, np.ndarray]:
-        """Unit-length fingerprint per local speaker of `diar` with `min_speech_s` (s) of speech.
+        """Unit-length fingerprint per local speaker of `diar` with `min_speech_s` (s) of speech,
+        from at most `max_speech_s` (s) of it (None: all).
 
         The ingress passes the diarizer's response straight here (Serve resolves it),
         so each speaker's clip is cut from the shared samples in this replica.
         """
         audio = await resolve_audio(audio)
         check_audio(audio)
-        return await speaker_fingerprints(audio, diar.turns, min_speech_s, self.embed)
+        return await speaker_fingerprints(audio, diar.turns, min_speech_s, self.embed, max_speech_s)
 
     # Batch size counts clips, not requests: one chunk may bring four speakers.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=_clip_count)

@@ -75,13 +75,15 @@ class HandleBackends:
         return await self._call(self._handles["diarizer"].diarize.remote(clip))
 
     async def diarize_fingerprinted(
-        self, audio: np.ndarray, min_speech_s: float
+        self, audio: np.ndarray, min_speech_s: float, max_speech_s: float | None = None
     ) -> tuple[Diarization, dict[int, np.ndarray]]:
         """Diarize one clip and fingerprint its speakers, the diarization going straight
         from the Diarizer to the Embedder (Serve passes the response by reference)."""
         clip = self._placed.span(audio)
         diar = self._handles["diarizer"].diarize.remote(clip)
-        prints = self._handles["embedder"].fingerprints.remote(clip, diar, min_speech_s)
+        prints = self._handles["embedder"].fingerprints.remote(
+            clip, diar, min_speech_s, max_speech_s
+        )
         got_diar, got_prints = await asyncio.gather(self._call(diar), self._call(prints))
         return got_diar, got_prints
 

@@ -22,7 +22,7 @@ Lifecycle of a replica:
 - On a live replica, a new model or precision is loaded while the old runner keeps
   serving, then swapped in (a precision change re-wraps the loaded model, except to or
   from int8, whose quantised weights need the model loaded again).
-  `max_batch_audio_s` and `torch_threads` change on the serving runner in place.
+  `max_batch_audio_s`, `torch_threads` and `sdpa` change on the serving runner in place.
   If a load fails the old runner keeps serving, the replica stays healthy and
   `status()` reports the error.
 - `check_health` (called by Serve periodically) raises while the replica has no
@@ -252,7 +252,11 @@ def _configure(runner: Any, config: ModelConfig) -> None:
     """The config's in-place runtime knobs on a runner (a test's fake may lack them)."""
     configure = getattr(runner, "configure", None)
     if runner is not None and callable(configure):
-        configure(max_batch_audio_s=config.max_batch_audio_s, torch_threads=config.torch_threads)
+        configure(
+            max_batch_audio_s=config.max_batch_audio_s,
+            torch_threads=config.torch_threads,
+            sdpa=config.sdpa,
+        )
 
 
 def _close(runner: Any) -> None:

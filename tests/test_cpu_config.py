@@ -20,7 +20,7 @@ CPU_BUDGET = 4
 # The forward-pass bounds behind the config's documented peak RSS per replica
 # (README "CPU serving", measured by bench/cpu.py for 1, 6 and 30 minutes): the most
 # audio one pass of each model may hold, in seconds (items x the longest item).
-MAX_PASS_AUDIO_S = {"asr": 120.0, "diarizer": 180.0, "embedder": 120.0}
+MAX_PASS_AUDIO_S = {"asr": 60.0, "diarizer": 90.0, "embedder": 120.0}
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +95,18 @@ def test_every_forward_pass_is_bounded_in_audio(cpu):
     assert settings.diar_window_s == Settings.model_fields["diar_window_s"].default
     # Far shorter than the GPU profile's 300 s ASR windows, which on CPU held ~12 GB.
     assert settings.asr_window_s < Settings.model_fields["asr_window_s"].default
+    # Fingerprints from a bounded share of each speaker's speech: no clip is longer
+    # than one embedder pass (else it would go alone, past the bound), and the cost no
+    # longer grows with how much a speaker says in a window.
+    cap = settings.max_fingerprint_speech_s
+    assert cap is not None and cap <= args.embedder.max_batch_audio_s
+
+
+def test_conformer_attention_through_sdpa(cpu):
+    # Same result as NeMo's attention, cheaper on CPU for whole windows (bench/cpu.py).
+    args = _args(cpu)
+    assert args.asr.sdpa and args.diarizer.sdpa
+    assert not _args(_raw("serve_config.yaml")).asr.sdpa  # the GPU profile as NeMo ships it
 
 
 def test_fits_the_cpu_budget_with_useful_threads(cpu):

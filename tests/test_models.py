@@ -490,3 +490,49 @@ def test_torch_threads_apply_to_the_computing_thread(diar, monkeypatch):
     assert diar.configure(max_batch_audio_s=0).max_batch_audio_s is None  # 0: no limit
     with pytest.raises(ValueError):
         diar.configure(torch_threads=-1)
+
+
+def test_sdpa_switches_conformer_attention_same_output(asr, diar, emb, monkeypatch):
+    import torch
+
+    from nemo.collections.asr.parts.submodules.multi_head_attention import MultiHeadAttention
+
+    # The flag is read at every forward: SDPA must really be what computes with it on.
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        calls.append(a[0].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    audio = _noise(3.0, 5)
+    for runner, run in ((diar, lambda: diar.diarize([audio])[0].probs),
+                        (asr, lambda: encoder_of(asr, audio))):  # fmt: skip
+        attn = [m for m in runner.model.modules() if isinstance(m, MultiHeadAttention)]
+        assert attn and not any(m.use_pytorch_sdpa for m in attn)  # NeMo's default: off
+        before = run()
+        try:
+            runner.configure(sdpa=True)
+            assert all(m.use_pytorch_sdpa for m in attn)
+            n = len(calls)
+            after = run()
+            assert len(calls) - n >= len(attn)  # every layer went through SDPA
+            runner.configure()  # None: as it is
+            assert all(m.use_pytorch_sdpa for m in attn)
+        finally:
+            runner.configure(sdpa=False)
+        assert not any(m.use_pytorch_sdpa for m in attn)
+        np.testing.assert_allclose(before, after, atol=1e-5, rtol=1e-4)
+    # A model without Conformer attention has nothing to switch.
+    assert M.set_sdpa(emb.model, True) == 0
+
+
+def encoder_of(runner: M.AsrRunner, audio: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(audio)[None]
+        feats, flen = runner.model.preprocessor(input_signal=x, length=torch.tensor([len(audio)]))
+        enc, _ = runner.model.encoder(audio_signal=feats, length=flen)
+    return enc.numpy()

@@ -129,6 +129,30 @@ def test_transcribe_with_speakers_keeps_every_word_once():
     assert body["model"] == "fake-asr" and len(body["words"]) == len(words)
 
 
+def test_fingerprint_clips_capped_by_max_fingerprint_speech_s():
+    class Recording(FakeBackends):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip_s: list[float] = []
+
+        async def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+            self.clip_s += [len(c) / SAMPLE_RATE for c in clips]
+            return await super().embed(clips)
+
+    uncapped, capped = Recording(), Recording()
+    asyncio.run(Pipeline(uncapped, SETTINGS).diarize(_meeting(), DiarizeOptions()))
+    assert max(uncapped.clip_s) > 24.9  # one voice through a whole window
+    settings = SETTINGS.model_copy(update={"max_fingerprint_speech_s": 8.0})
+    out = asyncio.run(Pipeline(capped, settings).diarize(_meeting(), DiarizeOptions()))
+    assert len(capped.clip_s) == len(uncapped.clip_s)
+    assert max(capped.clip_s) == pytest.approx(8.0)
+    # Eight seconds of each voice still link the windows' speakers as before.
+    assert [(t.start, t.end, t.speaker) for t in out.turns] == [
+        (0.0, 30.0, "Speaker_0"),
+        (30.0, 60.0, "Speaker_1"),
+    ]
+
+
 def test_one_embed_call_per_window_and_none_for_silence():
     fake = FakeBackends()
     pipe = Pipeline(fake, SETTINGS)

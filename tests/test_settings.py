@@ -145,6 +145,8 @@ def _candidate(field: str, default: Any) -> tuple[str, Any]:
         return str(default + 0.25), default + 0.25
     if isinstance(default, list):
         return "a, b", ["a", "b"]
+    if default is None and field.endswith("_s"):  # an optional limit in seconds
+        return "30", 30.0
     raise AssertionError(f"no candidate for {field}={default!r}")
 
 

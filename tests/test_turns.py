@@ -66,3 +66,26 @@ def test_speaker_clips_and_speech_seconds():
     assert len(clips[0]) == int(0.6 * sr)
     assert clips[0][0] == 0 and clips[0][int(0.3 * sr)] == sr  # second turn starts at 1.0 s
     assert speech_seconds(turns) == {0: pytest.approx(0.6), 1: pytest.approx(0.2)}
+
+
+def test_speaker_clips_cap_keeps_the_longest_turns_in_time_order():
+    sr = 100
+    samples = np.arange(60 * sr, dtype=np.float32)
+    # Speaker 0: turns of 2, 10, 4 and 8 s; speaker 1: 3 s, under the cap.
+    turns = [
+        Turn(0.0, 2.0, 0),
+        Turn(5.0, 15.0, 0),
+        Turn(20.0, 24.0, 0),
+        Turn(30.0, 38.0, 0),
+        Turn(40.0, 43.0, 1),
+    ]
+    clips = speaker_clips(samples, turns, min_speech_s=0.5, sample_rate=sr, max_speech_s=12.0)
+    # The 10 s turn whole, then 2 s of the 8 s one; in time order, the 2 s and 4 s turns left out.
+    want = np.concatenate([samples[5 * sr : 15 * sr], samples[30 * sr : 32 * sr]])
+    np.testing.assert_array_equal(clips[0], want)
+    np.testing.assert_array_equal(clips[1], samples[40 * sr : 43 * sr])
+    # No cap: everything, as before; the minimum applies to all of a speaker's speech.
+    whole = speaker_clips(samples, turns, min_speech_s=0.5, sample_rate=sr)
+    assert len(whole[0]) == 24 * sr
+    capped = speaker_clips(samples, turns, min_speech_s=3.5, sample_rate=sr, max_speech_s=1.0)
+    assert set(capped) == {0} and len(capped[0]) == 1 * sr

@@ -531,7 +531,9 @@ class LiveSession:
             diar = await self.backends.diarize(self.audio.get(ctx_start, item.end))
         ctx = self.audio.get(ctx_start, item.end)
         min_s = s.min_fingerprint_speech_s
-        prints = await speaker_fingerprints(ctx, diar.turns, min_s, self.backends.embed)
+        prints = await speaker_fingerprints(
+            ctx, diar.turns, min_s, self.backends.embed, s.max_fingerprint_speech_s
+        )
         rel = (item.start - ctx_start) / SAMPLE_RATE
         in_turn = {int(t.speaker) for t in diar.turns if t.end > rel}
         mapping = self.speakers.link(

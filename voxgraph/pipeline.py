@@ -119,7 +119,7 @@ class Backends(Protocol):
     # Optional shortcuts a transport may offer (the graph's handles do):
     # - `async def place(audio) -> np.ndarray` puts a decoded recording where the models
     #   read it (Ray's object store, once) and returns the array to slice windows from;
-    # - `async def diarize_fingerprinted(audio, min_speech_s)` -> (Diarization,
+    # - `async def diarize_fingerprinted(audio, min_speech_s, max_speech_s)` -> (Diarization,
     #   {speaker: unit fingerprint}) hands the diarization to the embedder directly,
     #   so the speakers' clips are cut next to the embedder, not sent to it.
 
@@ -416,11 +416,13 @@ class Pipeline:
         """Local speakers of one clip and an L2-normalised fingerprint per speaker with enough
         speech. Backends that can hand the diarization straight to the embedder do."""
         min_s = self.settings.min_fingerprint_speech_s
+        max_s = self.settings.max_fingerprint_speech_s
         combined = getattr(self.backends, "diarize_fingerprinted", None)
         if combined is not None:
-            return await combined(clip, min_s)
+            return await combined(clip, min_s, max_s)
         diar = await self.backends.diarize(clip)
-        return diar, await speaker_fingerprints(clip, diar.turns, min_s, self.backends.embed)
+        prints = await speaker_fingerprints(clip, diar.turns, min_s, self.backends.embed, max_s)
+        return diar, prints
 
     async def _known(self, opts: KnownSpeakers) -> list[Candidate] | None:
         """The voices this request may name, or None when it asks for no names."""

@@ -40,6 +40,9 @@ class ModelConfig(BaseModel):
     batch runs as consecutive passes, which bounds the replica's memory. 0: no limit."""
     torch_threads: int = Field(0, ge=0)
     """CPU threads the model computes with; 0: torch's default (Ray: floor(num_cpus))."""
+    sdpa: bool = False
+    """Self-attention through torch's scaled_dot_product_attention instead of NeMo's
+    matmul-softmax-matmul: the same result, less memory traffic on long windows."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     """How long the first request of a batch waits for others (seconds)."""
     load_wait_s: float = Field(600.0, ge=0)
@@ -101,6 +104,10 @@ class Settings(BaseSettings):
         0.5, gt=0, validation_alias=_env("min_fingerprint_speech_s")
     )
     """A speaker needs this much speech (seconds) in a chunk to get a fingerprint."""
+    max_fingerprint_speech_s: float | None = Field(
+        None, gt=0, validation_alias=_env("max_fingerprint_speech_s")
+    )
+    """Most speech (seconds) per speaker and chunk that goes into a fingerprint (None: all)."""
     link_threshold: float = Field(0.5, ge=-1, le=1, validation_alias=_env("link_threshold"))
     """Cosine similarity above which two windows' speakers are the same person."""
     request_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("request_timeout_s"))

@@ -78,22 +78,49 @@ def sorted_turns(turns: Iterable[Turn]) -> list[Turn]:
 
 
 def speaker_clips(
-    samples: np.ndarray, turns: Sequence[Turn], min_speech_s: float, sample_rate: int = 16_000
+    samples: np.ndarray,
+    turns: Sequence[Turn],
+    min_speech_s: float,
+    sample_rate: int = 16_000,
+    max_speech_s: float | None = None,
 ) -> dict[int | str, np.ndarray]:
-    """Each speaker's turns' audio, concatenated, for speakers with enough speech.
+    """Each speaker's turns' audio, concatenated in time order, for speakers with enough speech.
 
     Speakers under `min_speech_s` get no clip: a fingerprint from a fraction
     of a second is noise that would mislead whoever links speakers with it.
+    `max_speech_s` (None: no limit) caps a clip: a speaker embedding stops improving
+    after some tens of seconds while its cost grows with every second, so a capped
+    clip keeps the speaker's longest turns (the fewest boundaries and overlaps) up to
+    the cap, the last one cut short.
     """
-    pieces: dict[int | str, list[np.ndarray]] = {}
+    pieces: dict[int | str, list[tuple[int, int]]] = {}
     for t in sorted_turns(turns):
         a = max(0, round(t.start * sample_rate))
         b = min(len(samples), round(t.end * sample_rate))
         if b > a:
-            pieces.setdefault(t.speaker, []).append(samples[a:b])
+            pieces.setdefault(t.speaker, []).append((a, b))
     min_samples = round(min_speech_s * sample_rate)
-    clips = {spk: np.concatenate(p).astype(np.float32, copy=False) for spk, p in pieces.items()}
-    return {spk: c for spk, c in clips.items() if len(c) >= min_samples}
+    cap = None if max_speech_s is None else max(1, round(max_speech_s * sample_rate))
+    clips: dict[int | str, np.ndarray] = {}
+    for spk, spans in pieces.items():
+        if sum(b - a for a, b in spans) < min_samples:
+            continue
+        if cap is not None:
+            spans = _longest_spans(spans, cap)
+        clips[spk] = np.concatenate([samples[a:b] for a, b in spans]).astype(np.float32, copy=False)
+    return clips
+
+
+def _longest_spans(spans: list[tuple[int, int]], cap: int) -> list[tuple[int, int]]:
+    """The longest spans totalling at most `cap` samples (the last cut short), in time order."""
+    kept: list[tuple[int, int]] = []
+    left = cap
+    for a, b in sorted(spans, key=lambda s: (s[0] - s[1], s[0])):
+        if left <= 0:
+            break
+        kept.append((a, min(b, a + left)))
+        left -= kept[-1][1] - a
+    return sorted(kept)
 
 
 def l2_normalise(v: np.ndarray) -> np.ndarray:
@@ -108,9 +135,11 @@ async def speaker_fingerprints(
     turns: Sequence[Turn],
     min_speech_s: float,
     embed: Callable[[list[np.ndarray]], Awaitable[np.ndarray]],
+    max_speech_s: float | None = None,
 ) -> dict[int, np.ndarray]:
-    """L2-normalised fingerprint per local speaker with enough speech, from one `embed` call."""
-    clips = speaker_clips(samples, turns, min_speech_s)
+    """L2-normalised fingerprint per local speaker with enough speech, from one `embed` call
+    (each speaker's clip capped at `max_speech_s`, see `speaker_clips`)."""
+    clips = speaker_clips(samples, turns, min_speech_s, max_speech_s=max_speech_s)
     if not clips:
         return {}
     speakers = sorted(clips)
