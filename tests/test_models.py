@@ -494,7 +494,6 @@ def test_torch_threads_apply_to_the_computing_thread(diar, monkeypatch):
 
 def test_sdpa_switches_conformer_attention_same_output(asr, diar, emb, monkeypatch):
     import torch
-
     from nemo.collections.asr.parts.submodules.multi_head_attention import MultiHeadAttention
 
     # The flag is read at every forward: SDPA must really be what computes with it on.
