@@ -89,6 +89,7 @@ class RoleProfile:
     max_batch_audio_s: float | None = None
     threads: int = 1  # torch threads the replica computes with
     num_cpus: float = 1.0
+    sdpa: bool = False  # Conformer attention through torch's SDPA
 
 
 @dataclass
@@ -110,6 +111,7 @@ OLD_PROFILE = Profile(
         "diar_window_s": 90.0,
         "diar_overlap_s": 10.0,
         "max_windows_in_flight": 8,
+        "max_fingerprint_speech_s": None,
     },
     {
         "asr": RoleProfile("fp32", 4, 0.05, None, 2, 2.0),
@@ -150,6 +152,7 @@ def config_profile(path: Path = ROOT / "serve_config.cpu.yaml") -> Profile:
             d.get("max_batch_audio_s"),
             int(d.get("torch_threads") or ray_threads(float(d.get("num_cpus", 1.0)))),
             float(d.get("num_cpus", 1.0)),
+            bool(d.get("sdpa", False)),
         )
     return out
 
@@ -167,7 +170,9 @@ def make_runner(role: str, path: str, rp: RoleProfile) -> Any:
     from voxgraph.models import load_runner
 
     runner = load_runner(role, path, "cpu", rp.precision)  # type: ignore[arg-type]
-    return runner.configure(max_batch_audio_s=rp.max_batch_audio_s, torch_threads=rp.threads)
+    return runner.configure(
+        max_batch_audio_s=rp.max_batch_audio_s, torch_threads=rp.threads, sdpa=rp.sdpa
+    )
 
 
 def encoder_out(runner: Any, audio: np.ndarray) -> np.ndarray:
@@ -447,7 +452,7 @@ def graph_args_for(profile: Profile, config: Path, paths: dict[str, str]) -> dic
     if profile.name == "old":
         for role in ROLES:
             rp, d = profile.roles[role], args[role]
-            for key in ("max_batch_audio_s", "torch_threads"):
+            for key in ("max_batch_audio_s", "torch_threads", "sdpa"):
                 d.pop(key, None)
             d.update(
                 precision=rp.precision,
@@ -618,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"# {p.name}: precision {'/'.join(rp[r].precision for r in ROLES)}, threads "
             f"asr/diarizer/embedder {p.threads()}, ASR window {p.settings['asr_window_s']:g} s, "
-            f"max_batch_audio_s {'/'.join(str(rp[r].max_batch_audio_s) for r in ROLES)}"
+            f"max_batch_audio_s {'/'.join(str(rp[r].max_batch_audio_s) for r in ROLES)}, "
+            f"sdpa {'/'.join(str(rp[r].sdpa).lower() for r in ROLES)}, fingerprints from at most "
+            f"{p.settings.get('max_fingerprint_speech_s') or 'all'} s per speaker"
         )
     print(f"# {NOT_REPRESENTATIVE}", flush=True)
     results: dict[str, Any] = {
