@@ -145,3 +145,24 @@ def test_cpu_only_zeroes_every_share(monkeypatch):
     assert graph.VoxgraphArgs().asr.num_gpus > 0
     args = graph.VoxgraphArgs(cpu_only=True, asr={"num_gpus": 0.4})
     assert args.asr.num_gpus == 0
+
+
+def test_bench_deploys_both_profiles_from_this_file(cpu):
+    # bench/cpu.py's graph section: the new profile is this file with the models
+    # pointed elsewhere; the old one the same file with the pre-int8 values.
+    from bench import cpu as bench_cpu
+
+    paths = {r: f"/models/{r}.nemo" for r in ("asr", "diarizer", "embedder")}
+    config = ROOT / "serve_config.cpu.yaml"
+    new = bench_cpu.graph_args_for(bench_cpu.config_profile(config), config, paths)
+    old = bench_cpu.graph_args_for(bench_cpu.OLD_PROFILE, config, paths)
+    (app,) = cpu["applications"]
+    for role, path in paths.items():
+        assert new[role] == {**app["args"][role], "model": path}
+        assert old[role]["model"] == path and old[role]["precision"] == "fp32"
+        assert not {"max_batch_audio_s", "torch_threads", "sdpa"} & old[role].keys()
+    assert new["settings"] == app["args"]["settings"]
+    assert old["settings"]["asr_window_s"] == 300
+    assert "max_fingerprint_speech_s" not in old["settings"]
+    for args in (new, old):
+        graph.build_app(graph.VoxgraphArgs(**args))

@@ -535,3 +535,25 @@ def encoder_of(runner: M.AsrRunner, audio: np.ndarray) -> np.ndarray:
         feats, flen = runner.model.preprocessor(input_signal=x, length=torch.tensor([len(audio)]))
         enc, _ = runner.model.encoder(audio_signal=feats, length=flen)
     return enc.numpy()
+
+
+def test_cpu_restore_maps_the_weights_and_loads_the_same_model(model_dir, monkeypatch):
+    import torch
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    path = str(model_dir / "diarizer.nemo")
+    reference = SortformerEncLabelModel.restore_from(path, map_location="cpu").state_dict()
+    loads = []
+    real = torch.load
+
+    def recording(*a, **k):
+        loads.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "load", recording)
+    model = M.load_model("diarizer", path, "cpu")
+    # The state dict is read mapped from the extracted checkpoint, not into memory.
+    assert [k.get("mmap") for k in loads] == [True]
+    got = model.state_dict()
+    assert got.keys() == reference.keys()
+    assert all(torch.equal(got[k], reference[k]) for k in got)
