@@ -66,6 +66,7 @@ from bench.common import (
     print_machine,
     rss_mb,
     table,
+    tree_cpu_s,
     wav_bytes,
 )
 
@@ -175,22 +176,10 @@ def make_runner(role: str, path: str, rp: RoleProfile) -> Any:
     )
 
 
-def encoder_out(runner: Any, audio: np.ndarray) -> np.ndarray:
-    """ASR preprocessor + encoder output for one clip (the part int8 changes)."""
-    import torch
-
-    with runner._inference():
-        runner.model.eval()
-        x = torch.from_numpy(audio)[None]
-        feats, flen = runner.model.preprocessor(input_signal=x, length=torch.tensor([len(audio)]))
-        enc, _ = runner.model.encoder(audio_signal=feats, length=flen)
-    return enc.float().numpy()
-
-
 def fidelity(ref: dict[str, Any], low: dict[str, Any], seconds: float) -> dict[str, float]:
     """int8 (`low`) against fp32 (`ref`) runners on the same inputs."""
     audio = conversation(seconds, seed=7, speakers=3)
-    a, b = encoder_out(ref["asr"], audio), encoder_out(low["asr"], audio)
+    a, b = ref["asr"].encode(audio), low["asr"].encode(audio)
     rel = float(np.linalg.norm(a - b) / (np.linalg.norm(a) + 1e-12))
     (da,), (db,) = ref["diarizer"].diarize([audio]), low["diarizer"].diarize([audio])
     dp = float(np.abs(da.probs - db.probs).max(initial=0.0))
@@ -470,7 +459,7 @@ def graph_args_for(profile: Profile, config: Path, paths: dict[str, str]) -> dic
 
 
 def measure_graph(
-    paths: dict[str, str], profiles: Sequence[Profile], config: Path, recording_s: float
+    paths: dict[str, str], profiles: Sequence[Profile], config: Path, wav: bytes, recording_s: float
 ) -> dict[str, Any]:
     """Each profile deployed as the real graph (Ray on 127.0.0.1), one after the other:
     time to healthy, each replica's RSS at rest, then one `transcriptions?diarize=true`
@@ -481,7 +470,6 @@ def measure_graph(
     from bench.long_audio import RssSampler, replica_pids
     from bench.long_audio import rss_mb as proc_rss_mb
 
-    wav = wav_bytes(conversation(recording_s, seed=2024, speakers=3))
     out: dict[str, Any] = {}
     for p in profiles:
         print(f"  {p.name}: deploying (load {load_avg()}) ...", flush=True)
@@ -489,7 +477,7 @@ def measure_graph(
             pids = replica_pids()
             rest = {k: proc_rss_mb(pid) for k, pid in pids.items()}
             with RssSampler(pids) as rss:
-                t0, c0 = time.perf_counter(), {k: _proc_cpu_s(pid) for k, pid in pids.items()}
+                t0, c0 = time.perf_counter(), {k: tree_cpu_s(pid) for k, pid in pids.items()}
                 r = httpx.post(
                     f"{server.url}/v1/audio/transcriptions",
                     files={"file": ("meeting.wav", wav, "audio/wav")},
@@ -497,7 +485,7 @@ def measure_graph(
                     timeout=3600,
                 )
                 wall = time.perf_counter() - t0
-            cpu = {k: _proc_cpu_s(pid) - c0[k] for k, pid in pids.items()}
+            cpu = {k: tree_cpu_s(pid) - c0[k] for k, pid in pids.items()}
             body = r.json() if r.status_code == 200 else {}
         out[p.name] = fig = {
             "status": r.status_code,
@@ -517,15 +505,6 @@ def measure_graph(
             flush=True,
         )
     return out
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """CPU seconds a process has used (utime + stime from /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rest_peak(f: dict[str, Any], role: str) -> str:
@@ -672,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         clips = [conversation(10.0, seed=30 + i, speakers=1) for i in range(8)]
         rows, figures = [], {}
         for label, role, call, audio_s in (
-            ("ASR encoder", "asr", lambda r: encoder_out(r, audio), args.chunk_s),
+            ("ASR encoder", "asr", lambda r: r.encode(audio), args.chunk_s),
             ("ASR transcribe", "asr", lambda r: r.transcribe([audio]), args.chunk_s),
             ("diarizer", "diarizer", lambda r: r.diarize([audio]), args.chunk_s),
             ("embedder (8 x 10 s)", "embedder", lambda r: r.embed(clips), 80.0),
@@ -714,9 +693,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
+    # The pipeline and graph sections send the same recording.
+    wav = b""
+    if sections & {"pipeline", "graph"}:
+        wav = wav_bytes(conversation(args.recording_s, seed=2024, speakers=3))
+
     if "pipeline" in sections:
-        audio = conversation(args.recording_s, seed=2024, speakers=3)
-        wav = wav_bytes(audio)
         print(
             f"\n## pipeline: transcriptions?diarize=true on {args.recording_s:g} s "
             "(in-process walk, batched as the deployments batch)\n",
@@ -779,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         chosen = [old if n.strip() == "old" else new for n in args.graph_profiles.split(",")]
         results["graph"] = figures = measure_graph(
-            paths, chosen, Path(args.config), args.recording_s
+            paths, chosen, Path(args.config), wav, args.recording_s
         )
         print()
         print_graph(figures)

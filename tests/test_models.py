@@ -507,7 +507,7 @@ def test_sdpa_switches_conformer_attention_same_output(asr, diar, emb, monkeypat
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
     audio = _noise(3.0, 5)
     for runner, run in ((diar, lambda: diar.diarize([audio])[0].probs),
-                        (asr, lambda: encoder_of(asr, audio))):  # fmt: skip
+                        (asr, lambda: asr.encode(audio))):  # fmt: skip
         attn = [m for m in runner.model.modules() if isinstance(m, MultiHeadAttention)]
         assert attn and not any(m.use_pytorch_sdpa for m in attn)  # NeMo's default: off
         before = run()
@@ -525,16 +525,6 @@ def test_sdpa_switches_conformer_attention_same_output(asr, diar, emb, monkeypat
         np.testing.assert_allclose(before, after, atol=1e-5, rtol=1e-4)
     # A model without Conformer attention has nothing to switch.
     assert M.set_sdpa(emb.model, True) == 0
-
-
-def encoder_of(runner: M.AsrRunner, audio: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        x = torch.from_numpy(audio)[None]
-        feats, flen = runner.model.preprocessor(input_signal=x, length=torch.tensor([len(audio)]))
-        enc, _ = runner.model.encoder(audio_signal=feats, length=flen)
-    return enc.numpy()
 
 
 def test_cpu_restore_maps_the_weights_and_loads_the_same_model(model_dir, monkeypatch):

@@ -51,18 +51,6 @@ def _quantised(model) -> int:
     return sum(isinstance(m, Linear) for m in model.modules())
 
 
-def _encoder(runner, audio: np.ndarray) -> np.ndarray:
-    import torch
-
-    with runner._inference():
-        runner.model.eval()
-        feats, flen = runner.model.preprocessor(
-            input_signal=torch.from_numpy(audio)[None], length=torch.tensor([len(audio)])
-        )
-        enc, _ = runner.model.encoder(audio_signal=feats, length=flen)
-    return enc.numpy()
-
-
 def test_int8_replaces_linear_layers_only(pairs):
     import torch
 
@@ -86,7 +74,7 @@ def test_int8_replaces_linear_layers_only(pairs):
 def test_int8_asr_encoder_close_to_fp32_and_transcribes(pairs):
     ref, low = pairs["asr"]
     audio = _speech(4.0, 1)
-    a, b = _encoder(ref, audio), _encoder(low, audio)
+    a, b = ref.encode(audio), low.encode(audio)
     rel = np.linalg.norm(a - b) / np.linalg.norm(a)
     assert a.shape == b.shape and rel <= T["asr_encoder_rel_l2"], rel
     # The whole transcribe() path runs on the quantised model (joint included).

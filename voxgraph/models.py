@@ -427,6 +427,20 @@ class AsrRunner(_Runner):
             "keywords": self._keywords is not None,
         }
 
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """The encoder's float32 output for one clip, (1, features, frames): the part a
+        precision changes, compared by `INT8_THRESHOLDS["asr_encoder_rel_l2"]`."""
+        import torch
+
+        with self._inference():
+            self.model.eval()
+            feats, flen = self.model.preprocessor(
+                input_signal=torch.from_numpy(audio)[None].to(self.device),
+                length=torch.tensor([len(audio)], device=self.device),
+            )
+            enc, _ = self.model.encoder(audio_signal=feats, length=flen)
+        return enc.float().cpu().numpy()
+
     def transcribe(
         self,
         batch: Sequence[np.ndarray],
