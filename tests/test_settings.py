@@ -284,6 +284,15 @@ def test_bad_environment_values_fail_loudly(monkeypatch):
     monkeypatch.setenv("MAX_AUDIO_S", "-5")
     with pytest.raises(ValidationError, match=r"^.*\nmax_audio_s\n"):
         Settings()  # the field's name, though MAX_AUDIO_S was the variable set
+    monkeypatch.delenv("MAX_AUDIO_S")
+    for bad in ("0", "-30", "lots"):
+        monkeypatch.setenv("VOXGRAPH_MAX_FINGERPRINT_SPEECH_S", bad)
+        with pytest.raises(ValidationError, match="max_fingerprint_speech_s"):
+            Settings()
+    monkeypatch.delenv("VOXGRAPH_MAX_FINGERPRINT_SPEECH_S")
+    monkeypatch.setenv("VOXGRAPH_DIARIZER__SDPA", "sometimes")
+    with pytest.raises(ValidationError, match="sdpa"):
+        graph.VoxgraphArgs()
 
 
 def test_service_settings_are_read_by_the_ingress_not_the_builder(monkeypatch):
