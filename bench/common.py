@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -257,9 +256,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A free loopback port outside the ephemeral range (see serve_local.free_ports)."""
+    return import_script("serve_local").free_ports(1, LOOPBACK)[0]
 
 
 def wait_healthy(url: str, timeout_s: float = 900, proc: subprocess.Popen | None = None) -> float:

@@ -25,7 +25,6 @@ import io
 import math
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -299,12 +298,6 @@ def report(results: list[Result], seconds: float, memory: Memory, warm_t: float)
 # ----------------------------------------------------------------------------- main
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_graph() -> str:
     """Ray on 127.0.0.1 in this process, configs/tiny.yaml deployed; returns its URL."""
     import importlib.util
@@ -320,7 +313,7 @@ def start_graph() -> str:
     tiny = ROOT / "models" / "tiny"
     if not all((tiny / f).exists() for f in ("asr.nemo", "diarizer.nemo", "embedder.nemo")):
         sys.exit("models/tiny missing: run `make tiny` first")
-    port = free_port()
+    port = serve_local.free_ports(1)[0]
     # Ray first, with replica logs kept out of this report (serve_local.start skips
     # its own ray.init when Ray is up).
     ray.init(

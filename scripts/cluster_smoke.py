@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,19 +69,14 @@ AUTOSCALING = {
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 right now (held open until all are picked)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            if s.getsockname()[1] not in ports:
-                ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    """n distinct ports free on 127.0.0.1, outside the range Ray's daemons draw from."""
+    spec = importlib.util.spec_from_file_location(
+        "serve_local", ROOT / "scripts" / "serve_local.py"
+    )
+    assert spec and spec.loader
+    serve_local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_local)
+    return serve_local.free_ports(n)
 
 
 def _term_with_parent() -> None:

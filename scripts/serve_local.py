@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -69,13 +70,48 @@ def ray_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def port_free(port: int) -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
+
+
+# Ray's default worker ports (--min-worker-port/--max-worker-port).
+RAY_WORKER_PORTS = range(10002, 20000)
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_ports(n: int = 1, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports free on `host` now, that nothing else will be handed meanwhile.
+
+    Not from the kernel's ephemeral range: Ray's daemons bind port 0 and open
+    connections whose local ports come from that range, so a port picked there
+    can be taken between choosing it and Serve's proxy binding it (seen in CI as
+    "Failed to bind to address"). Nor from Ray's worker ports.
+    """
+    ephemeral = _ephemeral_ports()
+    pool = [p for p in range(20000, 65536) if p not in ephemeral and p not in RAY_WORKER_PORTS]
+    pick = random.SystemRandom()  # independent picks in concurrent test processes
+    ports: list[int] = []
+    for _ in range(50 * n):
+        if len(ports) == n or not pool:
+            break
+        port = pick.choice(pool)
+        if port not in ports and port_free(port, host):
+            ports.append(port)
+    if len(ports) < n:
+        raise RuntimeError(f"no {n} free ports on {host} outside the ephemeral range")
+    return ports
 
 
 def start(

@@ -6,8 +6,8 @@ a port or a replica's pid.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,10 +34,16 @@ __all__ = [
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now, on `host` (loopback only)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, on `host` (loopback only), that Ray won't take.
+
+    See `scripts/serve_local.py`'s `free_ports`: not from the ephemeral range.
+    """
+    return _serve_local().free_ports(1, host)[0]
+
+
+@functools.cache
+def _serve_local() -> ModuleType:
+    return load_script("serve_local")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -86,6 +86,21 @@ def test_ray_port_taken_is_detected():
     assert serve_local.port_free(port)
 
 
+def test_free_ports_stay_out_of_the_ranges_ray_draws_from():
+    """Ports picked for Serve's proxy or Ray's daemons can't be handed to anything else.
+
+    A port from the kernel's ephemeral range was once taken by one of Ray's own
+    connections before the proxy bound it, failing every test that shares the graph.
+    """
+    serve_local = _script("serve_local")
+    ephemeral = serve_local._ephemeral_ports()
+    ports = serve_local.free_ports(40)
+    assert len(set(ports)) == 40
+    for port in ports:
+        assert port not in ephemeral and port not in serve_local.RAY_WORKER_PORTS, port
+        assert 1024 < port < 65536 and serve_local.port_free(port)
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_readme_handle_example_from_another_process(tiny_models, tmp_path):
