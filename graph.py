@@ -17,7 +17,7 @@ instead; docs/kuberay.md shows both.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -80,6 +80,8 @@ class ModelDeploymentArgs(ModelConfig):
     """Requests a replica works on at once (covers a full batch plus the next one filling)."""
     max_queued_requests: int = Field(256, ge=-1)
     """Requests a caller may queue before getting 503 (-1: unbounded)."""
+    omp_wait_policy: Literal["active", "passive"] | None = None
+    """OpenMP's OMP_WAIT_POLICY in the replica (none: the runtime's default, which spins)."""
 
     @model_validator(mode="after")
     def _replica_range(self) -> ModelDeploymentArgs:
@@ -216,11 +218,17 @@ class VoxgraphArgs(BaseSettings):
 
 def deployment_options(d: ModelDeploymentArgs) -> dict[str, Any]:
     """A model deployment's `.options(...)`: resources, queue limits and `user_config`."""
+    env = serve_env()
+    if d.omp_wait_policy:
+        # Replicas sharing cores: each process's OpenMP runtime counts only its own
+        # threads, so by default its idle workers spin on the cores the other models
+        # compute on. Passive workers sleep instead (bench/RESULTS.md "CPU serving").
+        env["OMP_WAIT_POLICY"] = d.omp_wait_policy.upper()
     opts: dict[str, Any] = {
         "ray_actor_options": {
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,
-            "runtime_env": {"env_vars": serve_env()},
+            "runtime_env": {"env_vars": env},
         },
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,

@@ -441,7 +441,7 @@ def graph_args_for(profile: Profile, config: Path, paths: dict[str, str]) -> dic
     if profile.name == "old":
         for role in ROLES:
             rp, d = profile.roles[role], args[role]
-            for key in ("max_batch_audio_s", "torch_threads", "sdpa"):
+            for key in ("max_batch_audio_s", "torch_threads", "sdpa", "omp_wait_policy"):
                 d.pop(key, None)
             d.update(
                 precision=rp.precision,

@@ -97,6 +97,7 @@ def test_model_args_extend_model_config_without_redeclaring_it():
         "target_ongoing_requests",
         "max_ongoing_requests",
         "max_queued_requests",
+        "omp_wait_policy",
     }
     # Inherited, not re-declared: the class body annotates only the resources.
     assert set(inspect.get_annotations(graph.ModelDeploymentArgs)) == own

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
 import graph
+from deployments.serve_env import serve_env
 from voxgraph.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,8 @@ CPU_BUDGET = 4
 # (README "CPU serving", measured by bench/cpu.py for 1, 6 and 30 minutes): the most
 # audio one pass of each model may hold, in seconds (items x the longest item).
 MAX_PASS_AUDIO_S = {"asr": 60.0, "diarizer": 90.0, "embedder": 120.0}
+# Keys the CPU profile added for issue 14: bench/cpu.py's old profile has none of them.
+NEW_KEYS = {"max_batch_audio_s", "torch_threads", "sdpa", "omp_wait_policy"}
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +130,20 @@ def test_fits_the_cpu_budget_with_useful_threads(cpu):
     assert sum(threads.values()) <= CPU_BUDGET
 
 
+def test_waiting_openmp_threads_sleep_in_every_model_replica(cpu):
+    # The replicas share the cores; each OpenMP runtime counts only its own threads,
+    # so spinning waits in one take the cores another computes on (bench/cpu.py).
+    def env(d: graph.ModelDeploymentArgs) -> dict[str, str]:
+        return graph.deployment_options(d)["ray_actor_options"]["runtime_env"]["env_vars"]
+
+    for role, d in _args(cpu).model_deployments().items():
+        assert env(d)["OMP_WAIT_POLICY"] == "PASSIVE", role
+        assert env(d).items() >= serve_env().items(), role  # Serve's own settings kept
+    assert "OMP_WAIT_POLICY" not in env(_args(_raw("serve_config.yaml")).asr)
+    with pytest.raises(ValidationError, match="omp_wait_policy"):
+        graph.VoxgraphArgs(asr={"omp_wait_policy": "sometimes"})
+
+
 def test_model_calls_time_out_in_the_service_not_the_proxy(cpu):
     # A slow model call ends in the service's own 503; the proxy has no end-to-end
     # timeout, which would also cut realtime sessions and streamed responses.
@@ -160,7 +178,7 @@ def test_bench_deploys_both_profiles_from_this_file(cpu):
     for role, path in paths.items():
         assert new[role] == {**app["args"][role], "model": path}
         assert old[role]["model"] == path and old[role]["precision"] == "fp32"
-        assert not {"max_batch_audio_s", "torch_threads", "sdpa"} & old[role].keys()
+        assert not NEW_KEYS & old[role].keys()
     assert new["settings"] == app["args"]["settings"]
     assert old["settings"]["asr_window_s"] == 300
     assert "max_fingerprint_speech_s" not in old["settings"]

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,11 +91,30 @@ def res_url(service):
         service,
         RES_APP,
         RES_PREFIX,
-        asr={"max_ongoing_requests": 2, "max_queued_requests": 2, "max_batch_size": 1},
+        asr={
+            "max_ongoing_requests": 2,
+            "max_queued_requests": 2,
+            "max_batch_size": 1,
+            "omp_wait_policy": "passive",
+        },
         diarizer={"min_replicas": 2, "max_replicas": 2},
     )
     yield url
     serve.delete(RES_APP)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode(errors="replace").split("=", 1) for e in raw if b"=" in e)
+
+
+def test_omp_wait_policy_reaches_the_replica_process(res_url):
+    # The variant's ASR sets it, the shared app's does not: the key, not the machine,
+    # decides what the replica's OpenMP runtime reads when it starts.
+    (asr_pid,) = replica_pids(RES_APP)["ASR"].values()
+    assert _environ(asr_pid).get("OMP_WAIT_POLICY") == "PASSIVE"
+    for pid in replica_pids("voxgraph")["ASR"].values():
+        assert "OMP_WAIT_POLICY" not in _environ(pid)
 
 
 # ------------------------------------------------------------------ overload

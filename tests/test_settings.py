@@ -135,6 +135,8 @@ def _candidate(field: str, default: Any) -> tuple[str, Any]:
         return "other.nemo", "other.nemo"
     if field == "precision":
         return "fp16", "fp16"
+    if field == "omp_wait_policy":
+        return "passive", "passive"
     if field == "speakers_db":
         return "sqlite:////srv/voxgraph/speakers.db", "sqlite:////srv/voxgraph/speakers.db"
     if isinstance(default, bool):
