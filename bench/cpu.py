@@ -91,6 +91,7 @@ class RoleProfile:
     threads: int = 1  # torch threads the replica computes with
     num_cpus: float = 1.0
     sdpa: bool = False  # Conformer attention through torch's SDPA
+    omp_wait_policy: str | None = None  # the replica's OMP_WAIT_POLICY (graph section)
 
 
 @dataclass
@@ -154,6 +155,7 @@ def config_profile(path: Path = ROOT / "serve_config.cpu.yaml") -> Profile:
             int(d.get("torch_threads") or ray_threads(float(d.get("num_cpus", 1.0)))),
             float(d.get("num_cpus", 1.0)),
             bool(d.get("sdpa", False)),
+            d.get("omp_wait_policy"),
         )
     return out
 
@@ -604,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
             f"asr/diarizer/embedder {p.threads()}, ASR window {p.settings['asr_window_s']:g} s, "
             f"max_batch_audio_s {'/'.join(str(rp[r].max_batch_audio_s) for r in ROLES)}, "
             f"sdpa {'/'.join(str(rp[r].sdpa).lower() for r in ROLES)}, fingerprints from at most "
-            f"{p.settings.get('max_fingerprint_speech_s') or 'all'} s per speaker"
+            f"{p.settings.get('max_fingerprint_speech_s') or 'all'} s per speaker, OpenMP waits "
+            f"{'/'.join(rp[r].omp_wait_policy or 'default' for r in ROLES)} (graph)"
         )
     print(f"# {NOT_REPRESENTATIVE}", flush=True)
     results: dict[str, Any] = {
