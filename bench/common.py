@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import math
 import os
 import platform
@@ -400,6 +401,7 @@ def run_monolith(
                 proc.wait(10)
 
 
+@functools.cache
 def import_script(name: str) -> Any:
     import importlib.util
 

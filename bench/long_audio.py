@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bench.common import load_avg, machine, table  # noqa: E402
+from bench.common import import_script, load_avg, machine, table  # noqa: E402
 from voxgraph.synth import speechlike  # noqa: E402
 
 ROLES = ("Ingress", "ASR", "Diarizer", "Embedder")
@@ -160,11 +160,7 @@ def main() -> int:
     args = p.parse_args()
     url = args.url
     if url is None:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("sl", ROOT / "scripts" / "serve_local.py")
-        sl = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sl)
+        sl = import_script("serve_local")
         t0 = time.monotonic()
         # Two hours of 16-bit WAV is 230 MB, over the default 200 MB upload limit; the
         # ingress reads this variable (Ray's workers inherit this environment).

@@ -300,16 +300,12 @@ def report(results: list[Result], seconds: float, memory: Memory, warm_t: float)
 
 def start_graph() -> str:
     """Ray on 127.0.0.1 in this process, configs/tiny.yaml deployed; returns its URL."""
-    import importlib.util
-
     import ray
     import yaml
 
-    spec = importlib.util.spec_from_file_location(
-        "serve_local", ROOT / "scripts" / "serve_local.py"
-    )
-    serve_local = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_local)
+    from bench.common import import_script
+
+    serve_local = import_script("serve_local")
     tiny = ROOT / "models" / "tiny"
     if not all((tiny / f).exists() for f in ("asr.nemo", "diarizer.nemo", "embedder.nemo")):
         sys.exit("models/tiny missing: run `make tiny` first")

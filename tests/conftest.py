@@ -21,6 +21,7 @@ from tests.support import (  # noqa: F401  (tests import these from here)
     free_port,
     load_script,
     replica_actors,
+    serve_local_script,
     speechlike,
     wav_bytes,
 )
@@ -30,10 +31,6 @@ TINY = ROOT / "models" / "tiny"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def _serve_local():
-    return load_script("serve_local")
 
 
 @dataclass
@@ -71,7 +68,7 @@ def service(tiny_models, tmp_path_factory) -> Service:
     import yaml
     from ray import serve
 
-    serve_local = _serve_local()
+    serve_local = serve_local_script()
     config = serve_local.load_config(ROOT / "configs" / "tiny.yaml")
     # Tighter limits than the demo so the limit tests stay small and fast.
     settings = config["applications"][0]["args"].setdefault("settings", {})
@@ -100,7 +97,7 @@ def deploy_variant(service: Service, name: str, route_prefix: str, **overrides) 
 
     import graph
 
-    serve_local = _serve_local()
+    serve_local = serve_local_script()
     config = serve_local.load_config(ROOT / "configs" / "tiny.yaml")
     args = config["applications"][0]["args"]
     for key, value in overrides.items():
@@ -133,7 +130,7 @@ def deploy_ingress_variant(
 
     from deployments.ingress import Ingress
 
-    config = _serve_local().load_config(ROOT / "configs" / "tiny.yaml")
+    config = serve_local_script().load_config(ROOT / "configs" / "tiny.yaml")
     merged = {**config["applications"][0]["args"].get("settings", {}), **(settings or {})}
     handles = [
         serve.get_deployment_handle(d, app_name="voxgraph") for d in ("ASR", "Diarizer", "Embedder")
@@ -141,5 +138,5 @@ def deploy_ingress_variant(
     app = Ingress.options(ray_actor_options={"num_cpus": 0.1}, **options).bind(*handles, merged)
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     url = f"{service.url}{route_prefix}"
-    _serve_local().wait_healthy(url, timeout_s=180, interval_s=0.5)
+    serve_local_script().wait_healthy(url, timeout_s=180, interval_s=0.5)
     return url

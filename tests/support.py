@@ -28,6 +28,7 @@ __all__ = [
     "replica_actors",
     "replica_pids",
     "rss_mb",
+    "serve_local_script",
     "speechlike",
     "wav_bytes",
 ]
@@ -38,11 +39,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     See `scripts/serve_local.py`'s `free_ports`: not from the ephemeral range.
     """
-    return _serve_local().free_ports(1, host)[0]
+    return serve_local_script().free_ports(1, host)[0]
 
 
 @functools.cache
-def _serve_local() -> ModuleType:
+def serve_local_script() -> ModuleType:
+    """`scripts/serve_local.py`, loaded once for the whole test run."""
     return load_script("serve_local")
 
 

@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, speechlike, wav_bytes
-from tests.support import free_port as _free_port
 from tests.support import load_script
 
 README_PORT = 6379  # the Ray port the README's export line names (the Makefile's default)
@@ -106,9 +105,7 @@ def test_free_ports_stay_out_of_the_ranges_ray_draws_from():
 def test_readme_handle_example_from_another_process(tiny_models, tmp_path):
     smoke = _script("cluster_smoke")
     readme_export, readme_code = readme_handle_section()
-    http_port, ray_port = _free_port(), _free_port()
-    while ray_port == http_port:
-        ray_port = _free_port()
+    http_port, ray_port = _script("serve_local").free_ports(2)
 
     # What `make demo` runs, with its environment (the Makefile exports the first two).
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
